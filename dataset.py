@@ -1,0 +1,419 @@
+"""Data path: jsonl records → token cache (built once) → batches with loss masks.
+
+Knows nothing about the model. Three record kinds share one cache format:
+
+- "pretrain": {"text": ...}. The three separator styles found in MiniMind's files
+  (`<s>…</s>`, `<|im_start|>…<|im_end|>`, `…<|im_end|>`) are normalised so that every
+  segment ends with one `<|im_end|>` token. Documents are packed end to end into rows of
+  max_seq_len + 1 tokens; a long document simply continues in the next row.
+- "sft" (also R1 distillation): {"conversations": [{"role", "content"}, ...]}, rendered
+  in ChatML. The loss mask covers exactly the assistant contents plus the `<|im_end|>`
+  closing each assistant turn. Batches are bucketed by length so padding stays small.
+
+The cache (numpy memmaps of token ids, per-token loss masks, record offsets and source
+line numbers) lives under the run's cache directory, never beside the source file, and
+is rebuilt only when the source file or the tokenizer changes.
+"""
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_VERSION = 2
+ROLES = ("system", "user", "assistant")
+IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+
+
+class DataError(Exception):
+    """A problem with the user's data or files, reported as one sentence."""
+
+
+# ---------------------------------------------------------------- tokenizer
+
+@dataclass
+class TokenizerInfo:
+    tokenizer: object          # tokenizers.Tokenizer
+    path: Path
+    hash: str                  # sha256 of tokenizer.json, recorded in caches and checkpoints
+    pad_id: int
+    im_start_id: int
+    im_end_id: int
+    chat_template: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def file_sha256(path, limit: int | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read() if limit is None else f.read(limit))
+    return h.hexdigest()
+
+
+def load_tokenizer(directory) -> TokenizerInfo:
+    from tokenizers import Tokenizer
+    directory = Path(directory)
+    tok_file, cfg_file = directory / "tokenizer.json", directory / "tokenizer_config.json"
+    if not tok_file.is_file():
+        raise DataError(f"tokenizer directory {directory} has no tokenizer.json; train one with python train_tokenizer.py.")
+    try:
+        tokenizer = Tokenizer.from_file(str(tok_file))
+    except Exception as e:  # the Rust error text is the useful part
+        raise DataError(f"{tok_file} could not be read as a tokenizer: {e}.") from None
+    config = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
+    if not config.get("chat_template"):
+        raise DataError(f"tokenizer directory {directory} has no chat_template in tokenizer_config.json; "
+                        f"retrain it with python train_tokenizer.py or copy XiaoXin_tokenizer/tokenizer_config.json.")
+    ids = {t: tokenizer.token_to_id(t) for t in (ENDOFTEXT, IM_START, IM_END)}
+    missing = [t for t, i in ids.items() if i is None]
+    if missing:
+        raise DataError(f"tokenizer {tok_file} lacks the special tokens {', '.join(missing)}.")
+    return TokenizerInfo(tokenizer, directory, file_sha256(tok_file)[:16], ids[ENDOFTEXT],
+                         ids[IM_START], ids[IM_END], config["chat_template"])
+
+
+# ---------------------------------------------------------------- records
+
+def render_chat(messages, add_generation_prompt: bool = False):
+    """ChatML text exactly as the tokenizer's chat template renders it, plus the character
+    spans [start, end) that carry loss: each assistant content and its closing <|im_end|>."""
+    parts, spans, pos = [], [], 0
+    for m in messages:
+        head = f"{IM_START}{m['role']}\n"
+        parts.append(head)
+        pos += len(head)
+        body = m["content"] + IM_END
+        if m["role"] == "assistant":
+            spans.append((pos, pos + len(body)))
+        parts.append(body + "\n")
+        pos += len(body) + 1
+    if add_generation_prompt:
+        parts.append(f"{IM_START}assistant\n")
+    return "".join(parts), spans
+
+
+_OPENERS = re.compile(r"<s>|<\|im_start\|>")
+_CLOSERS = re.compile(r"\s*(?:</s>|<\|im_end\|>)\s*")
+
+
+def normalise_pretrain_text(text: str) -> str:
+    """Map the three MiniMind separator styles onto one: segments each closed by <|im_end|>."""
+    text = _OPENERS.sub("", text)
+    text = _CLOSERS.sub(IM_END, text).strip()
+    if not text.endswith(IM_END):
+        text += IM_END
+    return text
+
+
+def check_pretrain(record) -> str:
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, found {type(record).__name__}")
+    if "text" not in record:
+        raise ValueError('missing field "text"')
+    text = record["text"]
+    if not isinstance(text, str):
+        raise ValueError('field "text" is not a string')
+    if not normalise_pretrain_text(text).replace(IM_END, "").strip():
+        raise ValueError('field "text" is empty')
+    return normalise_pretrain_text(text)
+
+
+def check_conversation(record) -> list[dict]:
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, found {type(record).__name__}")
+    if "conversations" not in record:
+        raise ValueError('missing field "conversations"')
+    conv = record["conversations"]
+    if not isinstance(conv, list) or not conv:
+        raise ValueError('field "conversations" is not a non-empty list')
+    messages = []
+    for i, m in enumerate(conv):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i + 1} lacks role or content")
+        role, content = m["role"], m["content"]
+        if role not in ROLES:
+            raise ValueError(f"message {i + 1} has role {role!r}; expected one of {', '.join(ROLES)}")
+        if role == "system" and i != 0:
+            raise ValueError(f"message {i + 1} is a system message after the start")
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"message {i + 1} ({role}) has empty content")
+        messages.append({"role": role, "content": content})
+    turns = [m["role"] for m in messages if m["role"] != "system"]
+    for i, role in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            raise ValueError(f"turn {i + 1} is {role} where {expected} was expected (turns must alternate, user first)")
+    if not turns or turns[-1] != "assistant":
+        raise ValueError("conversation does not end with an assistant message")
+    return messages
+
+
+def iter_jsonl(path):
+    """Yield (line_number, record or exception, byte_length) for each non-blank line, counting from 1."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            size = len(raw)
+            if not raw.strip():
+                yield line_no, None, size
+                continue
+            try:
+                yield line_no, json.loads(raw.decode("utf-8")), size
+            except UnicodeDecodeError:
+                yield line_no, ValueError("line is not valid UTF-8"), size
+            except json.JSONDecodeError as e:
+                yield line_no, ValueError(f"invalid JSON ({e.msg} at column {e.colno})"), size
+
+
+# ---------------------------------------------------------------- token cache
+
+def source_fingerprint(path) -> dict:
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:  # head and tail: catches edits without reading a multi-GB file
+        h.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read())
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sample_sha256": h.hexdigest()}
+
+
+@dataclass
+class TokenCache:
+    directory: Path
+    tokens: np.ndarray        # all token ids, records end to end
+    offsets: np.ndarray       # record i is tokens[offsets[i]:offsets[i+1]]
+    lines: np.ndarray         # source line number of record i (from 1)
+    loss_mask: np.ndarray | None   # per token (sft kinds only)
+    meta: dict
+
+    @property
+    def num_records(self) -> int:
+        return len(self.lines)
+
+
+def _cache_dir_for(path, kind, cache_root) -> Path:
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    return Path(cache_root) / f"{Path(path).stem}-{kind}-{key}"
+
+
+def _open_cache(directory: Path, meta: dict) -> TokenCache:
+    dtype = np.dtype(meta["dtype"])
+    n_tokens = meta["num_tokens"]
+    tokens = np.memmap(directory / "tokens.bin", dtype=dtype, mode="r", shape=(n_tokens,)) if n_tokens else np.zeros(0, dtype)
+    mask = None
+    if meta["kind"] == "sft":
+        mask = np.memmap(directory / "mask.bin", dtype=np.uint8, mode="r", shape=(n_tokens,)) if n_tokens else np.zeros(0, np.uint8)
+    return TokenCache(directory, tokens, np.load(directory / "offsets.npy"), np.load(directory / "lines.npy"),
+                      mask, meta)
+
+
+def build_token_cache(path, kind: str, tok: TokenizerInfo, cache_root, skip_bad_lines: bool = False,
+                      quiet: bool = False, batch_records: int = 1024) -> TokenCache:
+    """Tokenise `path` once into `cache_root`; later calls with the same source and tokenizer
+    reuse the cache without tokenising anything. Memory stays bounded by one batch of records."""
+    if kind not in ("pretrain", "sft"):
+        raise ValueError(f"unknown data kind {kind!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty.")
+    directory = _cache_dir_for(path, kind, cache_root)
+    wanted = {"version": CACHE_VERSION, "kind": kind, "tokenizer_hash": tok.hash, "source": source_fingerprint(path)}
+    meta_file = directory / "meta.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if all(meta.get(k) == v for k, v in wanted.items()):
+            return _open_cache(directory, meta)
+        if not quiet:
+            print(f"token cache {directory} is stale (source file or tokenizer changed); rebuilding.")
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
+    check = check_pretrain if kind == "pretrain" else check_conversation
+
+    from tqdm import tqdm
+    tmp = {name: directory / f"{name}.tmp" for name in ("tokens", "mask")}
+    offsets, lines, bad = [0], [], []
+    pending_lines, pending_texts, pending_spans = [], [], []
+    total = 0
+    with open(tmp["tokens"], "wb") as tok_out, open(tmp["mask"], "wb") as mask_out, \
+            tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"tokenising {path.name}",
+                 disable=quiet, mininterval=0.5) as bar:
+
+        def flush():
+            nonlocal total
+            encodings = tok.tokenizer.encode_batch(pending_texts, add_special_tokens=False)
+            for enc, spans in zip(encodings, pending_spans):
+                ids = np.asarray(enc.ids, dtype=dtype)
+                tok_out.write(ids.tobytes())
+                if kind == "sft":
+                    starts = np.fromiter((o[0] for o in enc.offsets), dtype=np.int64, count=len(ids))
+                    mask = np.zeros(len(ids), dtype=np.uint8)
+                    for a, b in spans:
+                        mask |= ((starts >= a) & (starts < b)).astype(np.uint8)
+                    mask_out.write(mask.tobytes())
+                total += len(ids)
+                offsets.append(total)
+            lines.extend(pending_lines)
+            pending_lines.clear(); pending_texts.clear(); pending_spans.clear()
+
+        for line_no, record, size in iter_jsonl(path):
+            bar.update(size)
+            if record is None:
+                continue
+            try:
+                if isinstance(record, Exception):
+                    raise record
+                value = check(record)
+            except ValueError as e:
+                bad.append((line_no, str(e)))
+                continue
+            if bad and not skip_bad_lines:
+                continue  # keep scanning only to count the other bad lines
+            if kind == "pretrain":
+                text, spans = value, []
+            else:
+                text, spans = render_chat(value)
+            pending_lines.append(line_no); pending_texts.append(text); pending_spans.append(spans)
+            if len(pending_texts) >= batch_records:
+                flush()
+        if pending_texts and not (bad and not skip_bad_lines):
+            flush()
+    if bad and not skip_bad_lines:
+        for f in tmp.values():
+            f.unlink(missing_ok=True)
+        line_no, why = bad[0]
+        others = f" ({len(bad) - 1} other bad lines)" if len(bad) > 1 else " (no other bad lines)"
+        raise DataError(f"{path} line {line_no}: {why}{others}; fix it or pass --skip_bad_lines to skip bad lines.")
+    if not lines:
+        raise DataError(f"data file {path} has no usable records.")
+    if bad and not quiet:
+        print(f"skipped {len(bad)} bad lines in {path} (first: line {bad[0][0]}: {bad[0][1]}).")
+    os.replace(tmp["tokens"], directory / "tokens.bin")
+    if kind == "sft":
+        os.replace(tmp["mask"], directory / "mask.bin")
+    else:
+        tmp["mask"].unlink(missing_ok=True)
+    np.save(directory / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    np.save(directory / "lines.npy", np.asarray(lines, dtype=np.int64))
+    meta = dict(wanted, dtype=np.dtype(dtype).name, num_tokens=total, num_records=len(lines), skipped_lines=len(bad))
+    tmp_meta = directory / "meta.json.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, meta_file)  # meta last: a crash mid-build leaves no valid-looking cache
+    return _open_cache(directory, meta)
+
+
+# ---------------------------------------------------------------- batches
+
+@dataclass
+class Batch:
+    input_ids: np.ndarray     # B × T int64
+    targets: np.ndarray       # B × T int64
+    loss_mask: np.ndarray     # B × T float32 (1 where the target is trained on)
+    lines: np.ndarray         # source line numbers of the records in this batch
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+class PretrainData:
+    """Documents packed end to end; row i is tokens[i·L : i·L + L + 1]. The last row is
+    kept even if short (padded, masked)."""
+
+    def __init__(self, cache: TokenCache, seq_len: int):
+        self.cache, self.seq_len = cache, seq_len
+        self.num_samples = max(1, -(-(len(cache.tokens) - 1) // seq_len))
+        self.lengths = np.full(self.num_samples, seq_len, dtype=np.int64)
+
+    def batch(self, indices) -> Batch:
+        L, tokens = self.seq_len, self.cache.tokens
+        x = np.zeros((len(indices), L), dtype=np.int64)
+        y = np.zeros((len(indices), L), dtype=np.int64)
+        m = np.zeros((len(indices), L), dtype=np.float32)
+        first_records = []
+        for r, i in enumerate(indices):
+            chunk = np.asarray(tokens[i * L: i * L + L + 1], dtype=np.int64)
+            n = len(chunk) - 1
+            x[r, :n], y[r, :n], m[r, :n] = chunk[:-1], chunk[1:], 1.0
+            first_records.append(np.searchsorted(self.cache.offsets, [i * L, i * L + n], side="right") - 1)
+        recs = np.unique(np.concatenate([np.arange(a, min(b, self.cache.num_records - 1) + 1) for a, b in first_records]))
+        return Batch(x, y, m, self.cache.lines[recs])
+
+
+class ConversationData:
+    """One conversation per row, truncated to L + 1 tokens, right-padded within a batch.
+    Right padding needs no attention mask: under causal attention real tokens never see the
+    pad tokens that follow them, and pad positions carry no loss."""
+
+    def __init__(self, cache: TokenCache, seq_len: int, source: str = ""):
+        self.cache, self.seq_len = cache, seq_len
+        lengths = np.diff(cache.offsets)
+        self.lengths = np.minimum(lengths, seq_len + 1) - 1      # input tokens per sample
+        self.num_samples = len(lengths)
+        # A conversation truncated so far that no assistant token remains cannot teach anything.
+        starts = cache.offsets[:-1]
+        for i in range(self.num_samples):
+            if not cache.loss_mask[starts[i] + 1: starts[i] + self.lengths[i] + 1].any():
+                raise DataError(f"{source or 'data'} line {cache.lines[i]}: the conversation is so long that no "
+                                f"assistant token fits in --max_seq_len {seq_len}; shorten it or raise --max_seq_len.")
+
+    def batch(self, indices) -> Batch:
+        T = int(self.lengths[indices].max())
+        x = np.zeros((len(indices), T), dtype=np.int64)
+        y = np.zeros((len(indices), T), dtype=np.int64)
+        m = np.zeros((len(indices), T), dtype=np.float32)
+        for r, i in enumerate(indices):
+            a = self.cache.offsets[i]
+            n = int(self.lengths[i])
+            seq = np.asarray(self.cache.tokens[a: a + n + 1], dtype=np.int64)
+            x[r, :n], y[r, :n] = seq[:-1], seq[1:]
+            m[r, :n] = self.cache.loss_mask[a + 1: a + n + 1]
+        return Batch(x, y, m, self.cache.lines[np.asarray(indices)])
+
+
+def epoch_batches(data, batch_size: int, seed: int, epoch: int, shuffle: bool = True, bucket: bool = False):
+    """The epoch's batches as lists of sample indices; a pure function of (seed, epoch),
+    which is what makes resume exact. With `bucket`, samples are shuffled, then sorted by
+    length inside windows of 64 batches, and the batches shuffled again: padding becomes
+    small while the order stays random."""
+    n = data.num_samples
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    if bucket:
+        window = batch_size * 64
+        chunks = []
+        for s in range(0, n, window):
+            w = order[s:s + window]
+            w = w[np.argsort(-data.lengths[w], kind="stable")]
+            chunks.extend(w[i:i + batch_size] for i in range(0, len(w), batch_size))
+        if shuffle:
+            chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+        return chunks
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def padding_fraction(data, batches) -> float:
+    computed = sum(len(b) * int(data.lengths[b].max()) for b in batches)
+    useful = sum(int(data.lengths[b].sum()) for b in batches)
+    return 1.0 - useful / max(computed, 1)
+
+
+def make_dataset(path, kind: str, tok: TokenizerInfo, cache_root, seq_len: int, skip_bad_lines=False, quiet=False):
+    cache = build_token_cache(path, kind, tok, cache_root, skip_bad_lines=skip_bad_lines, quiet=quiet)
+    if kind == "pretrain":
+        return PretrainData(cache, seq_len)
+    return ConversationData(cache, seq_len, source=str(path))

@@ -1,0 +1,271 @@
+"""XiaoXin: a LLaMA-3-style decoder written from scratch.
+
+RMSNorm (computed in fp32), rotary position embedding (rotate-half layout),
+grouped-query attention through `scaled_dot_product_attention`, SwiGLU feed-forward,
+pre-norm residual blocks, no biases, optionally tied input/output embeddings.
+Parameter names mirror HuggingFace's `LlamaForCausalLM` (without its `model.` prefix),
+so export and import are a rename. This file knows nothing about data, files or training.
+
+    from Config import model_config
+    from model import XiaoXin
+    model = XiaoXin(model_config("default"))
+    logits = model(input_ids).logits                    # B × T × vocab
+    for token_id in model.generate(prompt_ids, 64, temperature=0):   # streamed
+        ...
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from Config import LLMConfig
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (arXiv:1910.07467). Statistics in fp32 even under autocast,
+    because the mean of squares of bf16 activations loses too many bits."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float):
+    """cos/sin tables for rotary embedding (arXiv:2104.09864), rotate-half layout as in LLaMA."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    # x: B × H × T × D; cos/sin: T × D (fp32 tables cast to the activation dtype, as HF does).
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Keys and values for every layer, allocated once for a whole generate() call
+    (growing them with torch.cat each token would copy the cache T times)."""
+
+    def __init__(self, config: LLMConfig, batch_size: int, max_len: int, device, dtype):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+
+    def update(self, layer: int, start: int, k, v):
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LLMConfig, layer_index: int):
+        super().__init__()
+        self.layer_index = layer_index
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, start_pos: int = 0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, start_pos, k, v)
+        if self.n_kv_heads != self.n_heads:
+            # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads.
+            group = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        if start_pos == 0:
+            # Whole prefix at once: plain causal attention, no T × T mask materialised.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:
+            # One new token attends to everything cached so far.
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # A chunk appended to a cache: query i sees keys up to start_pos + i.
+            kv_len = k.shape[2]
+            mask = torch.ones(T, kv_len, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward (arXiv:2002.05202): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: LLMConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: LLMConfig, layer_index: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x, cos, sin, cache=None, start_pos=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class XiaoXin(nn.Module):
+    def __init__(self, config: LLMConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        # Not persistent: derived from the config, so checkpoints stay small and exact.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """All initialisation lives here. Normal(0, 0.02) everywhere; the two projections
+        that write into the residual stream are scaled by 1/sqrt(2·layers) (as GPT-2 does) so the residual's variance does not grow with depth."""
+        std = self.config.initializer_range
+        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_residual = name.endswith("o_proj") or name.endswith("down_proj")
+                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        if exclude_embeddings:
+            n -= self.embed_tokens.weight.numel()
+        return n
+
+    def forward(self, input_ids, cache: KVCache | None = None, start_pos: int = 0, last_only: bool = False):
+        T = input_ids.shape[1]
+        if start_pos + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        cos = self.rope_cos[start_pos:start_pos + T]
+        sin = self.rope_sin[start_pos:start_pos + T]
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache, start_pos)
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        return CausalLMOutput(logits=self.lm_head(x))
+
+    @torch.inference_mode()
+    def generate(self, input_ids, max_new_tokens: int, temperature: float = 0.7, top_k: int = 0,
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, eos_token_id=None,
+                 generator: torch.Generator | None = None):
+        """Yield each new token as it is sampled: an int for batch 1, else a (B,) tensor.
+
+        temperature=0 is greedy. repetition_penalty follows HuggingFace (arXiv:1909.05858):
+        logits of every token already present in prompt or output are divided by the penalty
+        when positive and multiplied when negative. Stops after an eos token (which is yielded),
+        after max_new_tokens, or when max_seq_len is reached.
+        """
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("generate() needs at least one prompt token")
+        total = min(T + max_new_tokens, self.config.max_seq_len)
+        if T >= total:
+            return
+        param = next(self.parameters())
+        cache = KVCache(self.config, B, total, input_ids.device, param.dtype
+                        if not torch.is_autocast_enabled(input_ids.device.type) else
+                        torch.get_autocast_dtype(input_ids.device.type))
+        eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+        eos_ids = torch.tensor(sorted(eos), device=input_ids.device, dtype=torch.long)
+        seen = None
+        if repetition_penalty != 1.0:
+            seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=input_ids.device)
+            seen.scatter_(1, input_ids, True)
+        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        logits = self(input_ids, cache=cache, start_pos=0, last_only=True).logits[:, -1].float()
+        for pos in range(T, total):
+            next_token = sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
+            if B == 1:
+                token = int(next_token)
+                yield token
+                if token in eos:
+                    return
+            else:
+                # Finished rows keep emitting eos so the batch stays rectangular.
+                if len(eos):
+                    next_token = torch.where(finished, eos_ids[0], next_token)
+                    finished |= torch.isin(next_token, eos_ids)
+                yield next_token
+                if bool(finished.all()):
+                    return
+            if seen is not None:
+                seen.scatter_(1, next_token.view(B, 1), True)
+            if pos + 1 >= total:
+                return
+            logits = self(next_token.view(B, 1), cache=cache, start_pos=pos, last_only=True).logits[:, -1].float()
+
+
+def sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator):
+    """Pick the next token from B × V logits, on the logits' device."""
+    if seen is not None:
+        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the tokens before it already cover top_p; the first always stays.
+        drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,727 @@
+"""The one training loop behind pretrain.py, SFT.py, SFT_long.py and distill.py.
+
+A stage script only says which stage it is; everything else comes from Config.py,
+overridden by command-line flags. Runs on CPU, one GPU, or many under torchrun (DDP).
+
+    python pretrain.py [--model default] [--batch_size 32] [--max_steps 100] [--resume] ...
+    torchrun --nproc_per_node 4 pretrain.py
+"""
+import argparse
+import contextlib
+import dataclasses
+import glob
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import Config
+from Config import LLMConfig, TrainConfig, model_config
+from dataset import DataError, epoch_batches, load_tokenizer, make_dataset, padding_fraction
+from model import XiaoXin
+
+ROOT = Path(__file__).resolve().parent
+DATA_KIND = {"pretrain": "pretrain", "sft": "sft", "sft_long": "sft", "distill": "sft"}
+PREVIOUS_STAGES = {"pretrain": [], "sft": ["pretrain"], "sft_long": ["sft", "pretrain"],
+                   "distill": ["sft_long", "sft", "pretrain"]}
+SCRIPTS = {"pretrain": "pretrain.py", "sft": "SFT.py", "sft_long": "SFT_long.py", "distill": "distill.py"}
+LOG_NAMES = {"pretrain": "Pretrain", "sft": "SFT", "sft_long": "SFT_long", "distill": "distill"}
+# Dense bf16 peak TFLOP/s (no sparsity), for MFU. Matched against torch.cuda.get_device_name().
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "RTX 4090": 165.2, "L40S": 362.0,
+               "A10": 125.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one sentence, no traceback."""
+
+
+# ---------------------------------------------------------------- configuration
+
+def parse_args(stage: str, argv=None) -> tuple[TrainConfig, bool]:
+    base = Config.STAGES[stage]
+    parser = argparse.ArgumentParser(prog=SCRIPTS[stage], description=f"XiaoXin {stage} stage; defaults come "
+                                     f"from Config.py, flags override them for one run.",
+                                     argument_default=argparse.SUPPRESS)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("stage", "demo_data_path"):
+            continue
+        default = getattr(base, f.name)
+        if isinstance(default, bool):
+            parser.add_argument(f"--{f.name}", action="store_true", help=f"(default {default})")
+        else:
+            parser.add_argument(f"--{f.name}", type=type(default), help=f"(default {default!r})")
+    parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint of this stage")
+    try:
+        given = vars(parser.parse_args(argv))
+    except SystemExit as e:
+        if e.code:  # argparse already printed the reason
+            raise UserError("invalid command-line flags (see above).") from None
+        raise
+    resume = given.pop("resume", False)
+    cfg = dataclasses.replace(base)
+    if "data_path" not in given and not Path(cfg.data_path).is_file():
+        demo = dict(Config.DEMO[stage])
+        settings = ", ".join(f"{k}={v}" for k, v in demo.items() if k not in given)
+        cfg = dataclasses.replace(cfg, data_path=str(ROOT / cfg.demo_data_path), **demo)
+        if "val_path" not in given:
+            cfg.val_path = str(ROOT / cfg.demo_data_path.replace(".jsonl", "_val.jsonl"))
+        print(f"{base.data_path} not found, so training on the bundled demo data {cfg.demo_data_path} "
+              f"with the demo profile ({settings}); download the real data with python scripts/download_data.py.",
+              flush=True)
+    cfg = dataclasses.replace(cfg, **given)
+    validate(cfg)
+    return cfg, resume
+
+
+def validate(cfg: TrainConfig):
+    if cfg.model not in Config.MODELS:
+        raise UserError(f"--model {cfg.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
+    choices = {"dtype": ("auto", "float32", "bfloat16", "float16"), "compile": ("auto", "on", "off"),
+               "tracker": ("swanlab", "none")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"--{name} {getattr(cfg, name)!r} is not one of: {', '.join(allowed)}.")
+    positive = ("epochs", "batch_size", "accumulation_steps", "max_seq_len", "log_step", "save_step", "keep_checkpoints")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be at least 1 (got {getattr(cfg, name)}).")
+    if not cfg.learning_rate > 0:
+        raise UserError(f"--learning_rate must be positive (got {cfg.learning_rate}).")
+    if cfg.max_seq_len > model_config(cfg.model).max_seq_len:
+        raise UserError(f"--max_seq_len {cfg.max_seq_len} exceeds the model's max_seq_len "
+                        f"{model_config(cfg.model).max_seq_len} (Config.py).")
+    if not Path(cfg.data_path).is_file():
+        raise UserError(f"--data_path {cfg.data_path} does not exist.")
+    if cfg.val_path and not Path(cfg.val_path).is_file():
+        raise UserError(f"--val_path {cfg.val_path} does not exist.")
+
+
+def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {cfg.device!r} is not a device torch knows (try cpu or cuda).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {cfg.device} was asked for but CUDA is not available here.")
+    dtype = cfg.dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtype bfloat16 is not supported by this GPU; use --dtype float16.")
+    if dtype == "float16" and device.type == "cpu":
+        raise UserError("--dtype float16 is for GPUs; on CPU use bfloat16 or float32.")
+    return device, getattr(torch, dtype)
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------- model and checkpoints
+
+def stage_weights(save_dir, stage) -> Path:
+    return Path(save_dir) / f"{stage}.pt"
+
+
+def save_atomic(obj, path: Path):
+    """Write to a temp file then rename: a kill during the save never corrupts `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, config: LLMConfig | None = None, tokenizer_hash: str | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"checkpoint {path} could not be read ({type(e).__name__}); it may be truncated.") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise UserError(f"{path} is not a XiaoXin checkpoint.")
+    if config is not None and ckpt["config"] != config.to_dict():
+        diff = {k: (v, config.to_dict().get(k)) for k, v in ckpt["config"].items() if config.to_dict().get(k) != v}
+        raise UserError(f"checkpoint {path} was trained with a different model config "
+                        f"({', '.join(f'{k}: checkpoint {a} vs requested {b}' for k, (a, b) in diff.items())}); "
+                        f"pass the matching --model.")
+    if tokenizer_hash and ckpt.get("tokenizer_hash") not in (None, tokenizer_hash):
+        raise UserError(f"checkpoint {path} was trained with a different tokenizer "
+                        f"(hash {ckpt['tokenizer_hash']}, this one is {tokenizer_hash}).")
+    return ckpt
+
+
+def load_model(path, config: LLMConfig | None = None, tokenizer_hash=None) -> tuple[XiaoXin, dict]:
+    """Build XiaoXin from a weights or resume checkpoint, loading strictly."""
+    ckpt = load_checkpoint(path, config, tokenizer_hash)
+    model = XiaoXin(LLMConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model, ckpt
+
+
+def find_init_checkpoint(stage: str, save_dir) -> Path | None:
+    if stage == "pretrain":
+        return None
+    for previous in PREVIOUS_STAGES[stage]:
+        path = stage_weights(save_dir, previous)
+        if path.is_file():
+            return path
+    first = PREVIOUS_STAGES[stage][-1]
+    raise UserError(f"{SCRIPTS[stage]} starts from an earlier stage's weights, but {save_dir} has none "
+                    f"({', '.join(p + '.pt' for p in PREVIOUS_STAGES[stage])}); run python {SCRIPTS[first]} first "
+                    f"(with the same --save_dir), or pass --init_from PATH.")
+
+
+def configure_optimizer(model, cfg: TrainConfig, device):
+    # Weight decay on matrices only: decaying norms' gains toward 0 only hurts.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8,
+                             fused=device.type == "cuda")
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
+    """Linear warmup, then cosine decay to learning_rate × min_lr_ratio (arXiv:1608.03983)."""
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = cfg.learning_rate * cfg.min_lr_ratio
+    return floor + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - floor)
+
+
+def token_loss_sum(logits, targets, loss_mask):
+    """Sum of per-token cross-entropy over loss-mask tokens. The caller divides by the loss-mask
+    tokens of the whole optimiser step (all micro-batches, all ranks), so accumulation and data
+    parallelism do not change the result."""
+    ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction="none")
+    return (ce * loss_mask.view(-1)).sum()
+
+
+def flops_per_token(config: LLMConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 × matmul parameters (forward 2, backward 4) plus attention
+    scores and values, 6 × layers × seq_len × hidden (the PaLM paper's count, arXiv:2204.02311,
+    halved for causal masking is not applied: kernels compute the full square)."""
+    h, L = config.hidden_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * config.head_dim
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * config.intermediate_size
+    matmul = L * per_layer + config.vocab_size * h  # lm_head; the embedding lookup is not a matmul
+    return 6 * matmul + 6 * L * seq_len * h
+
+
+def peak_flops(device) -> tuple[float | None, str]:
+    if device.type != "cuda":
+        return None, "cpu"
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12, name
+    return None, name
+
+
+# ---------------------------------------------------------------- distributed
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Dist()
+    import torch.distributed as dist
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+# ---------------------------------------------------------------- logging
+
+class RunLog:
+    """Console + log file + optional SwanLab, on the main rank only."""
+
+    def __init__(self, cfg: TrainConfig, enabled: bool):
+        self.enabled = enabled
+        self.file = None
+        self.tracker = None
+        self.history = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": []}
+        if not enabled:
+            return
+        Path(cfg.log_dir).mkdir(parents=True, exist_ok=True)
+        self.file = open(Path(cfg.log_dir) / f"{LOG_NAMES[cfg.stage]}.log", "a", encoding="utf-8")
+        if cfg.tracker == "swanlab":
+            self.tracker = start_swanlab(cfg)
+
+    def print(self, text: str):
+        if not self.enabled:
+            return
+        print(text, flush=True)
+        self.file.write(text + "\n")
+        self.file.flush()
+
+    def metrics(self, step: int, values: dict):
+        if not self.enabled:
+            return
+        if "loss" in values:
+            self.history["step"].append(step)
+            self.history["loss"].append(values["loss"])
+            self.history["lr"].append(values["lr"])
+        if "val_loss" in values:
+            self.history["val_step"].append(step)
+            self.history["val_loss"].append(values["val_loss"])
+        if self.tracker is not None:
+            self.tracker.log(values, step=step)
+
+    def close(self):
+        if self.tracker is not None:
+            self.tracker.finish()
+        if self.file:
+            self.file.close()
+
+
+def start_swanlab(cfg: TrainConfig):
+    try:
+        import swanlab
+    except ImportError:
+        print("swanlab is not installed; continuing without experiment tracking (pip install swanlab).")
+        return None
+    # Cloud only when the user has logged in (swanlab login) or set SWANLAB_API_KEY; offline otherwise,
+    # because swanlab.init() without a mode would prompt for a key and fail without a terminal.
+    mode = "cloud" if os.environ.get("SWANLAB_API_KEY") or swanlab_logged_in() else "offline"
+    try:
+        return swanlab.init(project="XiaoXin", experiment_name=f"{cfg.stage}-{cfg.model}", mode=mode,
+                            logdir=str(Path(cfg.log_dir) / "swanlab"), config=dataclasses.asdict(cfg))
+    except Exception as e:
+        print(f"swanlab could not start ({e}); continuing without experiment tracking.")
+        return None
+
+
+def swanlab_logged_in() -> bool:
+    try:
+        from swanlab.env import get_save_dir
+        return (Path(get_save_dir()) / ".netrc").is_file()
+    except Exception:
+        return (Path.home() / ".swanlab" / ".netrc").is_file()
+
+
+def save_plot(history: dict, path: Path, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(history["step"], history["loss"], label="train")
+    if history["val_step"]:
+        ax1.plot(history["val_step"], history["val_loss"], "o-", label="validation")
+    ax1.set_xlabel("optimiser step"); ax1.set_ylabel("loss"); ax1.legend(); ax1.set_title(title)
+    ax2.plot(history["step"], history["lr"]); ax2.set_xlabel("optimiser step"); ax2.set_ylabel("learning rate")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the loop
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg, self.resume = cfg, resume
+        self.dist = init_distributed(cfg.device)
+        self.device, self.dtype = resolve_device(cfg)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.log = RunLog(cfg, self.dist.main)
+        self.stop_requested = False
+
+    # -- setup
+    def setup(self):
+        cfg, log = self.cfg, self.log
+        torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
+        try:
+            self.tok = load_tokenizer(cfg.tokenizer_dir if Path(cfg.tokenizer_dir).is_dir() else ROOT / cfg.tokenizer_dir)
+        except DataError as e:
+            raise UserError(str(e)) from None
+        self.model_config = model_config(cfg.model)
+        if self.tok.vocab_size != self.model_config.vocab_size:
+            raise UserError(f"tokenizer {cfg.tokenizer_dir} has {self.tok.vocab_size} tokens but --model {cfg.model} "
+                            f"expects {self.model_config.vocab_size}.")
+        cache_root = cfg.cache_dir or str(Path(cfg.save_dir) / "cache")
+        kind = DATA_KIND[cfg.stage]
+        try:
+            # Rank 0 tokenises; the others wait and then open the finished cache.
+            if self.dist.enabled and not self.dist.main:
+                torch.distributed.barrier()
+            self.train_data = make_dataset(cfg.data_path, kind, self.tok, cache_root, cfg.max_seq_len,
+                                           cfg.skip_bad_lines, quiet=not self.dist.main)
+            self.val_data = make_dataset(cfg.val_path, kind, self.tok, cache_root, cfg.max_seq_len,
+                                         cfg.skip_bad_lines, quiet=not self.dist.main) if cfg.val_path else None
+            if self.dist.enabled and self.dist.main:
+                torch.distributed.barrier()
+        except DataError as e:
+            raise UserError(str(e)) from None
+        self.bucket = kind == "sft"
+        self.micro_per_epoch = len(epoch_batches(self.train_data, cfg.batch_size, cfg.seed, 0, bucket=self.bucket))
+        per_step = cfg.accumulation_steps * self.dist.world
+        self.steps_per_epoch = -(-self.micro_per_epoch // per_step)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.warmup = cfg.warmup_iters
+        if self.warmup >= self.total_steps:
+            self.warmup = max(1, self.total_steps // 10)
+            log.print(f"note: --warmup_iters {cfg.warmup_iters} ≥ the run's {self.total_steps} steps; warming up for {self.warmup}.")
+
+        model = XiaoXin(self.model_config)
+        self.init_path = None
+        if not self.resume:
+            self.init_path = Path(cfg.init_from) if cfg.init_from else find_init_checkpoint(cfg.stage, cfg.save_dir)
+            if self.init_path is not None:
+                ckpt = load_checkpoint(self.init_path, self.model_config, self.tok.hash)
+                model.load_state_dict(ckpt["model"], strict=True)
+                log.print(f"initialised from {self.init_path}")
+        self.raw_model = model.to(self.device)
+        self.optimizer = configure_optimizer(self.raw_model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step, self.history_loaded = 0, False
+        if self.resume:
+            self.load_resume_state()
+        self.model = self.raw_model
+        if self.compile_wanted():
+            self.model = torch.compile(self.raw_model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.model = DDP(self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+
+        n_params = self.raw_model.num_parameters()
+        tokens_per_step = cfg.batch_size * cfg.accumulation_steps * self.dist.world * cfg.max_seq_len
+        log.print(f"{cfg.stage}: model {cfg.model} ({n_params / 1e6:.2f}M parameters), device {self.device}, "
+                  f"dtype {str(self.dtype).replace('torch.', '')}, world_size={self.dist.world}, effective batch "
+                  f"{cfg.batch_size}×{cfg.accumulation_steps}×{self.dist.world} = "
+                  f"{cfg.batch_size * cfg.accumulation_steps * self.dist.world} sequences ≤ {tokens_per_step} tokens")
+        data_desc = f"{self.train_data.num_samples} {'rows' if kind == 'pretrain' else 'conversations'}"
+        if self.bucket:
+            batches = epoch_batches(self.train_data, cfg.batch_size, cfg.seed, 0, bucket=True)
+            data_desc += f", padding {padding_fraction(self.train_data, batches):.1%} of computed tokens (length-bucketed)"
+        log.print(f"data: {cfg.data_path} → {self.train_data.cache.meta['num_tokens']} tokens, {data_desc}; "
+                  f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+
+    def compile_wanted(self) -> bool:
+        mode = self.cfg.compile
+        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+            return False
+        if sys.platform == "win32":
+            self.log.print("warning: torch.compile is unavailable on Windows; running eagerly.")
+            return False
+        if self.device.type == "cuda":
+            try:
+                import triton  # noqa: F401
+            except ImportError:
+                self.log.print("warning: torch.compile needs triton, which is not installed; running eagerly.")
+                return False
+        return True
+
+    # -- checkpoints
+    def checkpoint_dir(self) -> Path:
+        return Path(self.cfg.save_dir) / "checkpoints" / self.cfg.stage
+
+    def plan_signature(self) -> dict:
+        """What must match for a resumed run to be the same run."""
+        c = self.cfg
+        return {"model": self.model_config.to_dict(), "batch_size": c.batch_size, "max_seq_len": c.max_seq_len,
+                "seed": c.seed, "epochs": c.epochs, "data": self.train_data.cache.meta["source"]["sample_sha256"],
+                "tokenizer": self.tok.hash}
+
+    def save_resume_state(self, epoch_micro: int):
+        if not self.dist.main:
+            return
+        state = {
+            "model": self.raw_model.state_dict(), "config": self.model_config.to_dict(),
+            "tokenizer_hash": self.tok.hash, "stage": self.cfg.stage,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "step": self.step, "micro_batches_done": epoch_micro, "world_size": self.dist.world,
+            "accumulation_steps": self.cfg.accumulation_steps, "plan": self.plan_signature(),
+            "history": self.log.history, "train_config": dataclasses.asdict(self.cfg),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        path = self.checkpoint_dir() / f"step_{self.step:07d}.pt"
+        save_atomic(state, path)
+        old = sorted(self.checkpoint_dir().glob("step_*.pt"))[:-self.cfg.keep_checkpoints]
+        for p in old:
+            p.unlink(missing_ok=True)
+        self.log.print(f"saved checkpoint {path}")
+
+    def load_resume_state(self):
+        files = sorted(self.checkpoint_dir().glob("step_*.pt"))
+        if not files:
+            raise UserError(f"--resume was given but {self.checkpoint_dir()} holds no checkpoint to resume from.")
+        path = files[-1]
+        ckpt = load_checkpoint(path, self.model_config, self.tok.hash)
+        plan = self.plan_signature()
+        for key, value in ckpt["plan"].items():
+            if plan.get(key) != value:
+                raise UserError(f"cannot resume from {path}: its {key} ({value}) differs from this run's "
+                                f"({plan.get(key)}); resume with the same flags and data.")
+        self.raw_model.load_state_dict(ckpt["model"], strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = ckpt["step"]
+        consumed = self.step * ckpt["accumulation_steps"] * ckpt["world_size"]
+        if ckpt["accumulation_steps"] * ckpt["world_size"] != self.cfg.accumulation_steps * self.dist.world:
+            raise UserError(f"cannot resume from {path}: it used accumulation {ckpt['accumulation_steps']} × "
+                            f"world size {ckpt['world_size']}; keep that product the same "
+                            f"(e.g. --accumulation_steps {ckpt['accumulation_steps'] * ckpt['world_size'] // self.dist.world}) "
+                            f"so the run sees the same batches.")
+        assert consumed >= 0
+        self.log.history.update(ckpt.get("history", {}))
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"]); np.random.set_state(rng["numpy"]); random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.log.print(f"resumed from {path} at step {self.step}")
+
+    def save_final(self, results: dict):
+        if not self.dist.main:
+            return
+        cfg = self.cfg
+        path = stage_weights(cfg.save_dir, cfg.stage)
+        save_atomic({"model": self.raw_model.state_dict(), "config": self.model_config.to_dict(),
+                     "tokenizer_hash": self.tok.hash, "stage": cfg.stage}, path)
+        record = {"stage": cfg.stage, "train_config": dataclasses.asdict(cfg),
+                  "model_config": self.model_config.to_dict(), "init_from": str(self.init_path or ""),
+                  "tokenizer_hash": self.tok.hash, "results": results}
+        path.with_suffix(".json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
+        self.log.print(f"saved {path}")
+
+    # -- batches
+    def step_batches(self, step: int):
+        """This rank's micro-batches for optimiser step `step`, and the global loss-token count."""
+        cfg = self.cfg
+        per_step = cfg.accumulation_steps * self.dist.world
+        epoch, first = divmod(step * per_step, self.steps_per_epoch * per_step)
+        plan = self.epoch_plan(epoch)
+        chunk = plan[first:first + per_step]
+        mine = [chunk[i] for i in range(self.dist.rank, len(chunk), self.dist.world)]
+        batches = [self.train_data.batch(idx) for idx in mine]
+        # A rank left without a micro-batch at the end of an epoch runs a zero-loss one so
+        # every rank takes part in the same gradient all-reduce.
+        if not batches:
+            empty = self.train_data.batch(plan[0])
+            empty.loss_mask[:] = 0
+            batches = [empty]
+        count = sum(self.train_data.batch(idx).num_loss_tokens for idx in chunk) if self.dist.enabled else \
+            sum(b.num_loss_tokens for b in batches)
+        return epoch, batches, count
+
+    def epoch_plan(self, epoch: int):
+        if getattr(self, "_plan_epoch", None) != epoch:
+            self._plan = epoch_batches(self.train_data, self.cfg.batch_size, self.cfg.seed, epoch, bucket=self.bucket)
+            self._plan_epoch = epoch
+        return self._plan
+
+    def to_device(self, array):
+        t = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.val_data is None:
+            return None
+        self.model.eval()
+        total, count = torch.zeros((), device=self.device), 0
+        plan = epoch_batches(self.val_data, self.cfg.batch_size, 0, 0, shuffle=False, bucket=self.bucket)
+        for idx in plan[self.dist.rank::self.dist.world]:
+            b = self.val_data.batch(idx)
+            with self.autocast():
+                logits = self.raw_model(self.to_device(b.input_ids)).logits
+            total += token_loss_sum(logits, self.to_device(b.targets), self.to_device(b.loss_mask))
+            count += b.num_loss_tokens
+        if self.dist.enabled:
+            stats = torch.stack([total.double().cpu(), torch.tensor(float(count), dtype=torch.float64)]).to(self.device)
+            torch.distributed.all_reduce(stats)
+            total, count = stats[0], int(stats[1])
+        self.model.train()
+        return float(total) / max(count, 1)
+
+    # -- main loop
+    def train(self) -> dict:
+        cfg, log = self.cfg, self.log
+        self.setup()
+        self.install_signal_handlers()
+        self.model.train()
+        peak, device_name = peak_flops(self.device)
+        flops_tok = flops_per_token(self.model_config, cfg.max_seq_len)
+        t_start = time.perf_counter()
+        t_log, tokens_since_log, steps_since_log = t_start, 0, 0
+        loss_accum = torch.zeros((), device=self.device)
+        bad_in_a_row, bad_total = 0, 0
+        last_val = None
+        world = self.dist.world
+        while self.step < self.total_steps:
+            step = self.step
+            lr = lr_at(step, self.total_steps, cfg, self.warmup)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            epoch, batches, n_loss_tokens = self.step_batches(step)
+            step_loss = torch.zeros((), device=self.device)
+            for i, b in enumerate(batches):
+                last = i == len(batches) - 1
+                sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
+                with sync:
+                    with self.autocast():
+                        logits = self.model(self.to_device(b.input_ids)).logits
+                        loss_sum = token_loss_sum(logits, self.to_device(b.targets), self.to_device(b.loss_mask))
+                    # DDP averages gradients over ranks; × world turns that into a sum over ranks.
+                    self.scaler.scale(loss_sum * (world / max(n_loss_tokens, 1))).backward()
+                step_loss += loss_sum.detach()
+                tokens_since_log += int(b.loss_mask.shape[0] * b.loss_mask.shape[1])
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
+            finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(step_loss))
+            if finite or self.dtype == torch.float16:
+                # fp16: the GradScaler itself skips steps with inf gradients while it calibrates.
+                self.scaler.step(self.optimizer)
+                bad_in_a_row = 0 if finite else bad_in_a_row
+            if not finite:
+                bad_in_a_row += 1
+                bad_total += 1
+                lines = sorted(set(int(x) for b in batches for x in b.lines))
+                log.print(f"step {step + 1}: non-finite loss or gradient, step skipped ({bad_total} so far); "
+                          f"source lines {format_lines(lines)} of {cfg.data_path}")
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    raise UserError(f"{bad_in_a_row} optimiser steps in a row had a non-finite loss or gradient; "
+                                    f"the last one came from lines {format_lines(lines)} of {cfg.data_path}. "
+                                    f"Check that data, or lower --learning_rate.")
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_accum += step_loss / max(n_loss_tokens, 1) * (world if self.dist.enabled else 1)
+            steps_since_log += 1
+            self.step += 1
+            done_micro = (self.step * cfg.accumulation_steps * world) % (self.steps_per_epoch * cfg.accumulation_steps * world)
+            epoch_end = self.step % self.steps_per_epoch == 0
+
+            if self.step % cfg.log_step == 0 or self.step == self.total_steps:
+                if self.dist.enabled:
+                    torch.distributed.all_reduce(loss_accum)
+                    loss_accum /= world
+                loss = float(loss_accum) / steps_since_log  # the one host sync per log interval
+                now = time.perf_counter()
+                tok_s = tokens_since_log * world / (now - t_log)
+                eta = (now - t_start) / max(1, self.step - getattr(self, "_start_step", 0) or 1) * (self.total_steps - self.step)
+                mfu = f" mfu {tok_s * flops_tok / peak:.1%}" if peak else ""
+                log.print(f"epoch {epoch + 1}/{cfg.epochs} step {self.step}/{self.total_steps} loss {loss:.4f} "
+                          f"lr {lr:.2e} {tok_s:,.0f} tok/s{mfu} eta {format_seconds(eta)}")
+                log.metrics(self.step, {"loss": loss, "lr": lr, "tokens_per_s": tok_s})
+                loss_accum.zero_()
+                t_log, tokens_since_log, steps_since_log = now, 0, 0
+            if (cfg.eval_step and self.step % cfg.eval_step == 0) or epoch_end or self.step == self.total_steps:
+                last_val = self.evaluate()
+                if last_val is not None:
+                    log.print(f"step {self.step}: validation loss {last_val:.4f}")
+                    log.metrics(self.step, {"val_loss": last_val})
+            if self.step % cfg.save_step == 0 and self.step < self.total_steps:
+                self.save_resume_state(done_micro)
+            if self.stop_requested:
+                self.save_resume_state(done_micro)
+                log.print(f"stopped at step {self.step}; continue with python {SCRIPTS[cfg.stage]} --resume")
+                raise KeyboardInterrupt
+        results = {"steps": self.step, "final_train_loss": self.log.history["loss"][-1] if self.log.history["loss"] else None,
+                   "final_val_loss": last_val, "skipped_steps": bad_total,
+                   "wall_seconds": round(time.perf_counter() - t_start, 1)}
+        self.save_final(results)
+        if self.dist.main and self.log.history["step"]:
+            plot = Path(cfg.plot_dir) / f"{cfg.stage}_loss.png"
+            save_plot(self.log.history, plot, f"XiaoXin {cfg.stage} ({cfg.model})")
+            log.print(f"wrote {plot}")
+        return results
+
+    def install_signal_handlers(self):
+        def request_stop(signum, frame):
+            if self.stop_requested:  # second Ctrl-C: give up at once
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            self.log.print("stop requested; saving a checkpoint after this step (Ctrl-C again to abort)")
+        try:
+            signal.signal(signal.SIGINT, request_stop)
+            signal.signal(signal.SIGTERM, request_stop)
+        except ValueError:  # not the main thread (e.g. called from a test harness thread)
+            pass
+
+    def close(self):
+        self.log.close()
+        if self.dist.enabled:
+            torch.distributed.destroy_process_group()
+
+
+def format_lines(lines, limit: int = 12) -> str:
+    shown = ", ".join(str(x) for x in lines[:limit])
+    return shown + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def format_seconds(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run_stage(stage: str, argv=None) -> int:
+    """Entry point of every stage script: returns a process exit code."""
+    trainer = None
+    old_handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    try:
+        cfg, resume = parse_args(stage, argv)
+        trainer = Trainer(cfg, resume)
+        trainer.train()
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except torch.OutOfMemoryError:
+        print(f"error: out of GPU memory; try a smaller --batch_size with more --accumulation_steps "
+              f"(the effective batch stays the same).", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        if trainer is not None:
+            trainer.close()
+        try:
+            signal.signal(signal.SIGINT, old_handlers[0]); signal.signal(signal.SIGTERM, old_handlers[1])
+        except ValueError:
+            pass
