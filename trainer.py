@@ -367,6 +367,8 @@ class Trainer:
     def setup(self):
         cfg, log = self.cfg, self.log
         torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
+        if self.resume and not list(self.checkpoint_dir().glob("step_*.pt")):
+            raise UserError(f"--resume was given but {self.checkpoint_dir()} holds no checkpoint to resume from.")
         try:
             self.tok = load_tokenizer(cfg.tokenizer_dir if Path(cfg.tokenizer_dir).is_dir() else ROOT / cfg.tokenizer_dir)
         except DataError as e:
@@ -588,7 +590,7 @@ class Trainer:
         self.model.train()
         peak, device_name = peak_flops(self.device)
         flops_tok = flops_per_token(self.model_config, cfg.max_seq_len)
-        t_start = time.perf_counter()
+        t_start, first_step = time.perf_counter(), self.step
         t_log, tokens_since_log, steps_since_log = t_start, 0, 0
         loss_accum = torch.zeros((), device=self.device)
         bad_in_a_row, bad_total = 0, 0
@@ -644,7 +646,7 @@ class Trainer:
                 loss = float(loss_accum) / steps_since_log  # the one host sync per log interval
                 now = time.perf_counter()
                 tok_s = tokens_since_log * world / (now - t_log)
-                eta = (now - t_start) / max(1, self.step - getattr(self, "_start_step", 0) or 1) * (self.total_steps - self.step)
+                eta = (now - t_start) / max(1, self.step - first_step) * (self.total_steps - self.step)
                 mfu = f" mfu {tok_s * flops_tok / peak:.1%}" if peak else ""
                 log.print(f"epoch {epoch + 1}/{cfg.epochs} step {self.step}/{self.total_steps} loss {loss:.4f} "
                           f"lr {lr:.2e} {tok_s:,.0f} tok/s{mfu} eta {format_seconds(eta)}")

@@ -239,7 +239,7 @@ def _step_lines(rng, steps, middle):
            else f"{first} {_eq(a, op, b, r1)}。"]
     a, op, b, r2 = steps[1]
     out.append(f"{second} {_eq(a, op, b, r2)}。")
-    return out
+    return [line.replace("： ", "：") for line in out]
 
 
 def _arith_paren(rng):
@@ -319,8 +319,12 @@ SHOP_ITEMS = (  # name, measure word, lowest price, highest price (yuan)
     ("速冻饺子", "袋", 12, 25), ("作业本", "本", 2, 4), ("西红柿", "斤", 3, 6),
 )
 
-SHARE_ITEMS = (("苹果", "个"), ("橘子", "个"), ("草莓", "颗"), ("饼干", "块"), ("糖果", "颗"),
-               ("铅笔", "支"), ("贴纸", "张"), ("梨", "个"))
+SHARE_ITEMS = (  # name, measure word, edible, container, shop
+    ("苹果", "个", True, "箱", "水果店"), ("橘子", "个", True, "箱", "水果店"),
+    ("梨", "个", True, "箱", "水果店"), ("草莓", "颗", True, "盒", "水果店"),
+    ("饼干", "块", True, "盒", "小卖部"), ("糖果", "颗", True, "袋", "小卖部"),
+    ("铅笔", "支", False, "盒", "文具店"), ("贴纸", "张", False, "包", "文具店"),
+)
 
 
 def _word_shopping(rng):
@@ -368,7 +372,7 @@ def _word_shopping(rng):
 
 
 def _word_share(rng):
-    item, u = rng.choice(SHARE_ITEMS)
+    item, u, edible, box, shop = rng.choice(SHARE_ITEMS)
     name = rng.choice(NAMES)
     form = rng.randrange(4)
     if form == 0:  # even sharing
@@ -388,8 +392,9 @@ def _word_share(rng):
         rest = k * each
         eaten = rng.randint(1, 9)
         total = rest + eaten
+        used = rng.choice(("先吃了", "自己留了")) if edible else rng.choice(("先用掉了", "自己留了"))
         q = rng.choice((
-            f"{name}买了{total}{u}{item}，先吃了{eaten}{u}，剩下的平均分给{k}个人，每人分几{u}？",
+            f"{name}买了{total}{u}{item}，{used}{eaten}{u}，剩下的平均分给{k}个人，每人分几{u}？",
             f"盒子里有{total}{u}{item}，拿走{eaten}{u}后，把剩下的平均分成{k}份，每份多少{u}？",
         ))
         lines = ["这题分两步：先求剩下多少，再平均分。",
@@ -418,8 +423,8 @@ def _word_share(rng):
         sold = rng.randint(1, total - 1)
         left = total - sold
         q = rng.choice((
-            f"水果店进了{boxes}箱{item}，每箱{per}{u}，卖出{sold}{u}后，还剩多少{u}？",
-            f"每箱{item}有{per}{u}，一共{boxes}箱。卖掉{sold}{u}以后，还剩几{u}？",
+            f"{shop}进了{boxes}{box}{item}，每{box}{per}{u}，卖出{sold}{u}后，还剩多少{u}？",
+            f"每{box}{item}有{per}{u}，一共{boxes}{box}。卖掉{sold}{u}以后，还剩几{u}？",
         ))
         lines = ["先求一共有多少，再减去卖掉的。",
                  f"总数：{per}×{boxes}={total}（{u}）。",
@@ -479,12 +484,15 @@ def _word_speed(rng):
                  f"合计：{d}+{d2}={d + d2}（千米）。"]
         ans, val = f"一共{verb}了{d + d2}千米。", d + d2
     else:
-        v2 = rng.randrange(lo, hi + 1, step)
+        # Meeting problems pick their own speeds: the vehicle drawn above may not fit.
+        if rng.random() < 0.5:
+            v, v2 = rng.randrange(40, 95, 5), rng.randrange(40, 95, 5)
+            where, who = "甲乙两地", "两辆车同时从两地出发相向而行，一辆每小时行{v}千米，另一辆每小时行{v2}千米"
+        else:
+            v, v2 = rng.randrange(20, 42, 2), rng.randrange(20, 42, 2)
+            where, who = "两个码头", "两艘船同时从两个码头相对开出，速度分别是每小时{v}千米和{v2}千米"
         total = (v + v2) * t
-        q = rng.choice((
-            f"甲乙两地相距{total}千米，两辆车同时从两地出发相向而行，一辆每小时行{v}千米，另一辆每小时行{v2}千米，几小时后相遇？",
-            f"两个码头相距{total}千米，两艘船同时从两个码头相对开出，速度分别是每小时{v}千米和{v2}千米，经过几小时相遇？",
-        ))
+        q = f"{where}相距{total}千米，{who.format(v=v, v2=v2)}，" + rng.choice(("几小时后相遇？", "经过几小时相遇？"))
         lines = ["相向而行时，两者每小时一共缩短的距离是两个速度之和。",
                  f"速度和：{v}+{v2}={v + v2}（千米/小时）。",
                  f"相遇时间：{total}÷{v + v2}={t}（小时）。"]
@@ -496,24 +504,25 @@ def _word_speed(rng):
 
 # Pairs (a, b) whose combined time a*b/(a+b) is a whole number, listed once so
 # that work-rate problems never produce fractional answers.
-_WORK_PAIRS = [(a, b) for a in range(2, 41) for b in range(a, 61) if (a * b) % (a + b) == 0]
+# Equal pairs are left out: two workers with identical speed make a dull problem.
+_WORK_PAIRS = [(a, b) for a in range(2, 41) for b in range(a + 1, 61) if (a * b) % (a + b) == 0]
 
-WORK_TASKS = (  # task, who A, who B, doing verb, time unit
-    ("修一条路", "甲队", "乙队", "单独修", "天"),
-    ("注满一个水池", "甲水管", "乙水管", "单独开", "小时"),
-    ("打完一份文件", "小王", "小李", "单独打", "小时"),
-    ("加工一批零件", "师傅", "徒弟", "单独做", "天"),
-    ("把一块菜地翻一遍", "爸爸", "哥哥", "一个人干", "小时"),
+WORK_TASKS = (  # task, who A, who B, doing verb, time unit, longest plausible time
+    ("修一条路", "甲队", "乙队", "单独修", "天", 60),
+    ("注满一个水池", "甲水管", "乙水管", "单独开", "小时", 30),
+    ("打完一份文件", "小王", "小李", "单独打", "小时", 20),
+    ("加工一批零件", "师傅", "徒弟", "单独做", "天", 40),
+    ("把一块菜地翻一遍", "爸爸", "哥哥", "一个人干", "小时", 20),
 )
 
 
 def _word_work(rng):
     form = rng.randrange(3)
     if form == 0:
-        a, b = rng.choice(_WORK_PAIRS)
+        task, A, B, verb, tu, longest = rng.choice(WORK_TASKS)
+        a, b = rng.choice([pair for pair in _WORK_PAIRS if pair[1] <= longest])
         if rng.random() < 0.5:
             a, b = b, a
-        task, A, B, verb, tu = rng.choice(WORK_TASKS)
         t = a * b // (a + b)
         q = rng.choice((
             f"{task}，{A}{verb}需要{a}{tu}，{B}{verb}需要{b}{tu}。两者合作，需要多少{tu}？",
@@ -535,7 +544,7 @@ def _word_work(rng):
                      f"所需时间：1÷{s.numerator}/{s.denominator}={t}（{tu}）。"]
             if rng.random() < 0.8:
                 lines.append(f"检查：{t}×1/{a}+{t}×1/{b}={Fraction(t, a)}+{Fraction(t, b)}=1，正好做完。")
-        ans, val = rng.choice((f"合作需要{t}{tu}。", f"一起干{t}{tu}就能完成。")), t
+        ans, val = rng.choice((f"合作需要{t}{tu}。", f"一起进行，{t}{tu}就能完成。")), t
     elif form == 1:
         r, m, h = rng.randint(12, 60), rng.randint(2, 9), rng.randint(2, 8)
         total = r * m * h
@@ -685,10 +694,10 @@ def _count_multiples(rng):
         f"在{a}、{a + 1}、{a + 2}……一直到{b}这些整数里，{k}的倍数一共有几个？",
     ))
     lines = [f"要数的是区间[{a}, {b}]里{k}的倍数。"]
-    if rng.random() < 0.5:
+    if a == 1 or rng.random() < 0.5:
         lines.append(f"第一个{k}的倍数是{first}（{k}×{first // k}），最后一个是{last}（{k}×{last // k}）。")
         lines.append(f"个数 = {last // k}-{first // k}+1={cnt}。")
-        if rng.random() < 0.7:
+        if a > 1 and rng.random() < 0.7:
             lines.append(f"换个方法核对：1到{b}里有{b // k}个，1到{a - 1}里有{(a - 1) // k}个，"
                          f"相减得{b // k}-{(a - 1) // k}={cnt}，一致。")
     else:
@@ -697,7 +706,7 @@ def _count_multiples(rng):
         lines.append(f"所以是{b // k}-{(a - 1) // k}={cnt}个。")
         if rng.random() < 0.6:
             lines.append(f"核对：范围内最小的是{first}，最大的是{last}，({last}-{first})÷{k}+1={cnt}，一致。")
-    ans = rng.choice((f"共有{cnt}个。", f"能被{k}整除的数有{cnt}个。", f"一共有{cnt}个{k}的倍数。"))
+    ans = rng.choice((f"共有{cnt}个。", f"能被{k}整除的数有{cnt}个。", f"{k}的倍数一共有{cnt}个。"))
     return q, lines, ans, str(cnt)
 
 
@@ -739,7 +748,10 @@ def _gen_weekday(rng):
         ))
     word = "往前" if before else "往后"
     lines = [rng.choice(("一周有7天，每过7天星期几就会重复一次。", "星期是7天一循环，所以只需看天数除以7的余数。"))]
-    lines.append(f"{n}÷7={n // 7}余{r}。")
+    if n < 7:
+        lines[0] = f"{n}天还不到一周，直接一天一天数就行。"
+    else:
+        lines.append(f"{n}÷7={n // 7}余{r}。")
     if r == 0:
         lines.append(f"余数是0，正好是整周，所以还是{WEEKDAYS[start]}。")
     else:
@@ -790,7 +802,7 @@ def _gen_date(rng):
         f"{_date_cn(start)}再过{n}天是几月几日？",
         f"今天是{_date_cn(start)}，{n}天后是哪一天？",
         f"从{_date_cn(start)}算起，{n}天之后是几月几号？",
-        f"一本书从{_date_cn(start)}开始借，借期{n}天，到期日是哪天？",
+        f"{_date_cn(start)}往后推{n}天是哪一天？",
     ))
     lines = [f"要求的是{_date_cn(start)}之后第{n}天的日期。"]
     month_len = f"{m}月有{dim}天" if m != 2 else _leap_note(y)
@@ -832,7 +844,7 @@ UNITS = (  # big unit, small unit, factor, context templates (big→small)
 def _gen_unit(rng):
     big, small, f, ctx = rng.choice(UNITS)
     form = rng.random()
-    if form < 0.2 and big != "角":
+    if form < 0.2 and big != "角" and f != 100:
         # Mixed units such as 3小时20分钟 → minutes.
         a = rng.randint(1, 9)
         b = rng.randint(1, f - 1)
@@ -852,9 +864,10 @@ def _gen_unit(rng):
             x = Decimal(rng.randint(1, 30))
         elif f == 10:
             x = Decimal(rng.randint(1, 500)) / 10
+        elif f == 100:
+            x = Decimal(rng.randint(1, 2000)) / 100
         else:
-            x = Decimal(rng.randint(1, 5000)) / rng.choice((1, 10, 100)) if f == 100 else \
-                Decimal(rng.randint(1, 200)) / rng.choice((1, 10, 100))
+            x = Decimal(rng.randint(1, 200)) / rng.choice((1, 10, 100))
         r = x * f
         xs, rs = _fmt(x), _fmt(r)
         q = rng.choice(ctx + (f"{xs}{big}合多少{small}？", f"单位换算：{xs}{big} =（ ）{small}")).format(x=xs)
@@ -986,13 +999,12 @@ def _gen_compare(rng):
             other = dec + Decimal(rng.choice((-1, 1)) * rng.randint(1, 20)) / 100
             if 0 < other < 1 and other != dec:
                 break
-        x, y = f"{a}/{b}", _fmt(other)
-        if rng.random() < 0.5:
-            x, y = y, x
-        frac_s = f"{a}/{b}"
-        big, small = (frac_s, y if x == frac_s else x) if dec > other else (_fmt(other), frac_s)
-        lines = ["一个是分数，一个是小数，先把分数化成小数再比。",
-                 f"{a}/{b}={a}÷{b}={_fmt(dec)}。"]
+        frac_s, dec_s = f"{a}/{b}", _fmt(other)
+        big, small = (frac_s, dec_s) if dec > other else (dec_s, frac_s)
+        x, y = (frac_s, dec_s) if rng.random() < 0.5 else (dec_s, frac_s)
+        lines = [rng.choice(("一个是分数，一个是小数，先把分数化成小数再比。",
+                             "分数和小数不好直接比，把分数换成小数就统一了。")),
+                 f"{frac_s}={a}÷{b}={_fmt(dec)}。"]
         lines += _decimal_lines(dec, other)[:1]
         lines.append(f"{_fmt(dec)}就是{frac_s}，所以{big}更大。")
     q = rng.choice((
@@ -1270,6 +1282,9 @@ def main(argv=None):
         selftest()
         return 0
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] or None
+    unknown = [k for k in kinds or () if k not in KINDS]
+    if unknown:
+        ap.error(f"unknown kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     problems = generate(args.n, args.seed, kinds)
     records = to_sft(problems, args.seed) if args.format == "sft" else to_eval(problems, args.seed)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

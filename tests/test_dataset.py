@@ -1,0 +1,165 @@
+"""The data path as the trainer sees it: loss masks on the tensors the loader yields,
+packing, caching, shuffling, bucketing and clear errors for bad records."""
+import json
+
+import numpy as np
+import pytest
+
+from dataset import (ConversationData, DataError, PretrainData, build_token_cache, epoch_batches,
+                     make_dataset, normalise_pretrain_text, padding_fraction)
+
+
+def write_jsonl(path, records):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in records) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def conv(*turns, system=None):
+    msgs = [{"role": "system", "content": system}] if system else []
+    for i, t in enumerate(turns):
+        msgs.append({"role": "user" if i % 2 == 0 else "assistant", "content": t})
+    return {"conversations": msgs}
+
+
+CONVS = [
+    conv("你好", "你好！我是小新，很高兴见到你。"),
+    conv("1+1等于几？", "<think>\n1加1等于2。\n</think>\n<answer>\n等于2。\n</answer>", system="请先思考再回答。"),
+    conv("讲个笑话", "好的：有一天……", "再讲一个", "\n\n  第二个笑话来了。", "谢谢", "不客气！"),
+    conv("English?", " Yes, a little English too.\n"),
+]
+
+
+def test_loss_mask_covers_exactly_assistant_tokens(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "sft.jsonl", CONVS)
+    data = make_dataset(path, "sft", tokenizer, tmp_path / "cache", seq_len=512, quiet=True)
+    for batch_idx in epoch_batches(data, 2, seed=0, epoch=0, bucket=True):
+        b = data.batch(batch_idx)
+        for row, i in enumerate(batch_idx):
+            record = CONVS[i]["conversations"]
+            expected = "".join(m["content"] + "<|im_end|>" for m in record if m["role"] == "assistant")
+            kept = b.targets[row][b.loss_mask[row] > 0]
+            assert tokenizer.decode(kept) == expected
+            n = int(data.lengths[i])
+            assert (b.loss_mask[row, n:] == 0).all()          # padding never trained on
+            assert (b.input_ids[row, 1:n] == b.targets[row, :n - 1]).all()   # targets are inputs shifted by one
+
+
+def test_truncated_conversation_keeps_loss_on_what_remains(tmp_path, tokenizer):
+    long_answer = "这是一个很长的回答。" * 80
+    path = write_jsonl(tmp_path / "sft.jsonl", [conv("问题", long_answer)])
+    data = make_dataset(path, "sft", tokenizer, tmp_path / "cache", seq_len=64, quiet=True)
+    b = data.batch([0])
+    assert b.input_ids.shape == (1, 64) and b.loss_mask.sum() > 0
+
+
+def test_conversation_with_no_room_for_the_assistant_is_an_error(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "sft.jsonl", [conv("短", "好"), conv("长问题" * 200, "答")])
+    with pytest.raises(DataError, match=r"sft.jsonl line 2: .*no assistant token fits in --max_seq_len 64"):
+        make_dataset(path, "sft", tokenizer, tmp_path / "cache", seq_len=64, quiet=True)
+
+
+def test_pretrain_separator_styles_normalise_alike():
+    expected = "第一段<|im_end|>第二段<|im_end|>"
+    assert normalise_pretrain_text("<s>第一段</s> <s>第二段</s>") == expected
+    assert normalise_pretrain_text("<|im_start|>第一段<|im_end|> <|im_start|>第二段<|im_end|>") == expected
+    assert normalise_pretrain_text("第一段<|im_end|> 第二段<|im_end|>") == expected
+    assert normalise_pretrain_text("没有分隔符") == "没有分隔符<|im_end|>"
+
+
+def test_pretrain_packing_reconstructs_the_stream(tmp_path, tokenizer):
+    docs = [{"text": "短文。"}, {"text": "一篇很长的文章，" * 60}, {"text": "<s>甲</s> <s>乙</s>"}]
+    path = write_jsonl(tmp_path / "pt.jsonl", docs)
+    data = make_dataset(path, "pretrain", tokenizer, tmp_path / "cache", seq_len=32, quiet=True)
+    stream = np.asarray(data.cache.tokens, dtype=np.int64)
+    assert stream[-1] == tokenizer.im_end_id and (stream == tokenizer.im_end_id).sum() == 4
+    batches = epoch_batches(data, 3, seed=0, epoch=0, shuffle=False)
+    rows = [data.batch(idx) for idx in batches]
+    inputs = np.concatenate([r.input_ids[r.loss_mask > 0] for r in rows])
+    targets = np.concatenate([r.targets[r.loss_mask > 0] for r in rows])
+    assert (inputs == stream[:-1]).all() and (targets == stream[1:]).all()   # nothing lost, the long doc continues
+    assert rows[-1].loss_mask.sum() < rows[-1].loss_mask.size               # the short final row is kept
+
+
+def test_epoch_batches_cover_everything_once_and_reshuffle(tmp_path):
+    class Fake:
+        num_samples = 103
+        lengths = np.random.default_rng(0).integers(5, 500, 103)
+    for bucket in (False, True):
+        a = epoch_batches(Fake, 8, seed=1, epoch=0, bucket=bucket)
+        assert sorted(np.concatenate(a).tolist()) == list(range(103))
+        assert [x.tolist() for x in a] == [x.tolist() for x in epoch_batches(Fake, 8, seed=1, epoch=0, bucket=bucket)]
+        assert [x.tolist() for x in a] != [x.tolist() for x in epoch_batches(Fake, 8, seed=1, epoch=1, bucket=bucket)]
+
+
+def test_length_bucketing_keeps_padding_small():
+    class Fake:  # a realistic long-tailed SFT length distribution
+        num_samples = 20000
+        lengths = np.clip(np.random.default_rng(0).lognormal(5.0, 0.7, 20000).astype(int), 8, 512)
+    bucketed = padding_fraction(Fake, epoch_batches(Fake, 32, seed=0, epoch=0, bucket=True))
+    unbucketed = padding_fraction(Fake, epoch_batches(Fake, 32, seed=0, epoch=0, bucket=False))
+    assert bucketed < 0.05 < unbucketed
+
+
+def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, tokenizer, monkeypatch):
+    path = write_jsonl(tmp_path / "pt.jsonl", [{"text": "第一篇"}, {"text": "第二篇"}])
+    first = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
+    calls = []
+    original = tokenizer.tokenizer.encode_batch
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(original.__self__, name)
+
+        def encode_batch(self, *a, **k):
+            calls.append(1)
+            return original(*a, **k)
+    monkeypatch.setattr(tokenizer, "tokenizer", Spy())
+    again = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
+    assert not calls and (np.asarray(again.tokens) == np.asarray(first.tokens)).all()
+    write_jsonl(path, [{"text": "第一篇"}, {"text": "改过的第二篇"}])
+    changed = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
+    assert calls and len(changed.tokens) != len(first.tokens)
+    assert not list(path.parent.glob("pt.jsonl.*"))  # nothing written beside the source
+
+
+BAD = [
+    ('{"text": "好"', "invalid JSON"),
+    ('{"txt": "好"}', 'missing field "text"'),
+    ('{"text": "   "}', 'field "text" is empty'),
+    ('["a", "b"]', "expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("line,why", BAD)
+def test_bad_pretrain_line_names_file_and_line(tmp_path, tokenizer, line, why):
+    path = write_jsonl(tmp_path / "pt.jsonl", [{"text": "好的"}, line, {"text": "也好"}, '{"text": 1}'])
+    with pytest.raises(DataError) as e:
+        build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
+    assert f"pt.jsonl line 2: {why}" in str(e.value) and "(1 other bad lines)" in str(e.value)
+    cache = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", skip_bad_lines=True, quiet=True)
+    assert cache.num_records == 2 and cache.meta["skipped_lines"] == 2 and list(cache.lines) == [1, 3]
+
+
+@pytest.mark.parametrize("record,why", [
+    ({"conversations": [{"role": "user", "content": "hi"}]}, "does not end with an assistant"),
+    ({"conversations": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "role 'human'"),
+    ({"conversations": [{"role": "user", "content": ""}, {"role": "assistant", "content": "yo"}]}, "empty content"),
+    ({"conversations": [{"role": "assistant", "content": "yo"}]}, "turn 1 is assistant"),
+    ({"text": "not a conversation"}, 'missing field "conversations"'),
+])
+def test_bad_conversation_names_the_problem(tmp_path, tokenizer, record, why):
+    path = write_jsonl(tmp_path / "sft.jsonl", [CONVS[0], record])
+    with pytest.raises(DataError, match=f"sft.jsonl line 2: .*{why}"):
+        build_token_cache(path, "sft", tokenizer, tmp_path / "cache", quiet=True)
+
+
+def test_invalid_utf8_and_empty_file(tmp_path, tokenizer):
+    path = tmp_path / "bin.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "\xff\xfe"}\n')
+    with pytest.raises(DataError, match="bin.jsonl line 2: line is not valid UTF-8"):
+        build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.jsonl is empty"):
+        build_token_cache(empty, "pretrain", tokenizer, tmp_path / "cache", quiet=True)

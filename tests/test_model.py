@@ -1,0 +1,150 @@
+"""The hand-written model against HuggingFace's LlamaForCausalLM, and KV-cache decoding
+against full forwards."""
+import pytest
+import torch
+
+from Config import LLMConfig, model_config
+from model import KVCache, XiaoXin, sample_next
+
+
+def to_hf(model: XiaoXin):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    c = model.config
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_seq_len,
+        rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=c.tie_word_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        attention_bias=False, mlp_bias=False, hidden_act="silu"))
+    state = {(k if k == "lm_head.weight" else "model." + k): v for k, v in model.state_dict().items()}
+    if c.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    return hf.eval()
+
+
+def randomise_norms(model):
+    # Freshly initialised norms are all ones; perturb them so a wrong norm placement shows.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+@pytest.mark.parametrize("name", ["tiny", "default"])
+def test_logits_match_hf_llama(name):
+    torch.manual_seed(0)
+    model = XiaoXin(model_config(name)).eval()
+    randomise_norms(model)
+    hf = to_hf(model)
+    x = torch.randint(0, model.config.vocab_size, (2, 67))
+    with torch.no_grad():
+        diff = (model(x).logits - hf(x).logits).abs().max().item()
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(8, 8), (8, 4), (8, 2), (8, 1), (6, 3), (6, 2)])
+def test_gqa_head_ratios_match_hf(heads, kv_heads):
+    torch.manual_seed(1)
+    config = LLMConfig(vocab_size=300, hidden_size=12 * heads,
+                       intermediate_size=96, num_hidden_layers=2, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, max_seq_len=64, tie_word_embeddings=False)
+    model = XiaoXin(config).eval()
+    randomise_norms(model)
+    hf = to_hf(model)
+    x = torch.randint(0, 300, (3, 40))
+    with torch.no_grad():
+        assert (model(x).logits - hf(x).logits).abs().max().item() <= 1e-4
+
+
+def test_invalid_head_ratio_is_rejected():
+    with pytest.raises(ValueError, match="multiple of num_key_value_heads"):
+        LLMConfig(num_attention_heads=8, num_key_value_heads=3)
+
+
+def test_parameter_counts():
+    counts = {n: XiaoXin(model_config(n)).num_parameters() for n in ("tiny", "default", "large")}
+    assert 1e6 <= counts["tiny"] <= 3e6
+    assert counts["default"] == 25_829_888          # the ~26M XiaoXin of the design card
+    assert 95e6 <= counts["large"] <= 115e6
+
+
+def trained_like_tiny():
+    torch.manual_seed(3)
+    config = LLMConfig(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                       num_attention_heads=4, num_key_value_heads=2, max_seq_len=96, tie_word_embeddings=False)
+    model = XiaoXin(config).eval()
+    with torch.no_grad():  # unit-gain weights make logits depend strongly on the input: a stronger test
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 2 / p.shape[1] ** 0.5)
+    return model
+
+
+def test_greedy_kv_cache_generation_equals_full_forward():
+    model = trained_like_tiny()
+    prompt = torch.randint(0, 500, (1, 11))
+    cached = list(model.generate(prompt, 40, temperature=0))
+    seq = prompt
+    reference = []
+    with torch.no_grad():
+        for _ in range(40):
+            nxt = int(model(seq).logits[0, -1].argmax())
+            reference.append(nxt)
+            seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
+    assert cached == reference
+    assert len(set(reference)) > 10  # the test is meaningless if the model repeats one token
+
+
+def test_generation_stops_at_eos_and_context_end():
+    model = trained_like_tiny()
+    prompt = torch.randint(0, 500, (1, 5))
+    tokens = list(model.generate(prompt, 30, temperature=0))
+    eos = tokens[7]
+    stopped = list(model.generate(prompt, 30, temperature=0, eos_token_id=eos))
+    assert stopped[-1] == eos and len(stopped) == tokens.index(eos) + 1
+    # max_seq_len 96: a 90-token prompt can only be continued by 6 tokens.
+    assert len(list(model.generate(torch.randint(0, 500, (1, 90)), 50, temperature=0))) == 6
+
+
+def test_chunked_cache_prefill_equals_full_forward():
+    model = trained_like_tiny()
+    x = torch.randint(0, 500, (2, 30))
+    cache = KVCache(model.config, 2, 30, x.device, torch.float32)
+    with torch.no_grad():
+        first = model(x[:, :17], cache=cache, start_pos=0).logits
+        second = model(x[:, 17:], cache=cache, start_pos=17).logits
+        full = model(x).logits
+    assert torch.allclose(torch.cat([first, second], 1), full, atol=1e-5)
+
+
+def test_batched_generation_matches_single():
+    model = trained_like_tiny()
+    prompts = torch.randint(0, 500, (3, 9))
+    batched = torch.stack(list(model.generate(prompts, 12, temperature=0)), dim=1)
+    for i in range(3):
+        assert batched[i].tolist() == list(model.generate(prompts[i:i + 1], 12, temperature=0))
+
+
+def test_sampling_filters_match_hf_processors():
+    from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+    torch.manual_seed(5)
+    logits = torch.randn(4, 50) * 3
+    ids = torch.randint(0, 50, (4, 12))
+    seen = torch.zeros(4, 50, dtype=torch.bool).scatter_(1, ids, True)
+    hf = RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())
+    hf = TemperatureLogitsWarper(0.8)(ids, hf)
+    hf = TopKLogitsWarper(20)(ids, hf)
+    hf = TopPLogitsWarper(0.7)(ids, hf)
+    kept_hf = torch.isfinite(hf)
+    # Sample many times: every sampled token must be one HF keeps, and all kept ones appear.
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_next(logits, 0.8, 20, 0.7, 1.3, seen, g) for _ in range(3000)], 1)
+    for row in range(4):
+        assert set(draws[row].tolist()) == set(kept_hf[row].nonzero().flatten().tolist())
+    greedy = sample_next(logits, 0, 0, 1.0, 1.3, seen, None)
+    assert torch.equal(greedy, RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone()).argmax(-1))
