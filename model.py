@@ -99,6 +99,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, start_pos, k, v)
+        if T == 1 and start_pos > 0:
+            # Decoding one token: the query heads of a group share K/V, so fold the group into
+            # the query-length axis and attend without copying the cache per head (no mask needed:
+            # the single new token may see every cached position).
+            group = self.n_heads // self.n_kv_heads
+            q = q.view(B, self.n_kv_heads, group, self.head_dim)
+            out = F.scaled_dot_product_attention(q, k, v)
+            return self.o_proj(out.reshape(B, 1, -1))
         if self.n_kv_heads != self.n_heads:
             # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads.
             group = self.n_heads // self.n_kv_heads
@@ -107,9 +115,6 @@ class Attention(nn.Module):
         if start_pos == 0:
             # Whole prefix at once: plain causal attention, no T × T mask materialised.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:
-            # One new token attends to everything cached so far.
-            out = F.scaled_dot_product_attention(q, k, v)
         else:
             # A chunk appended to a cache: query i sees keys up to start_pos + i.
             kv_len = k.shape[2]

@@ -5,7 +5,8 @@
 
 Reads jsonl in any of the four formats ({"text"} or {"conversations"}) or plain .txt.
 Byte-level, so any text round-trips losslessly (no normaliser rewrites punctuation).
-Digits are split one per token so arithmetic sees every digit. Ids 0–2 are the special
+Digits are split one per token so arithmetic sees every digit, and each newline is a
+token of its own so no token straddles a ChatML role header and its message. Ids 0–2 are the special
 tokens <|endoftext|> (also padding), <|im_start|>, <|im_end|>; ids 3–6 are <think>,
 </think>, <answer>, </answer>: single tokens, but not "special", so they survive
 decode(skip_special_tokens=True). The ChatML template is written into
@@ -76,6 +77,9 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
+        # Every newline is its own piece, so no token spans the "\n" that ends a ChatML role
+        # header and the start of the message: the loss mask then falls on token boundaries.
+        pre_tokenizers.Split("\n", behavior="isolated"),
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
