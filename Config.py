@@ -120,14 +120,14 @@ STAGES = {
 # is absent. Sized so the whole four-stage pipeline finishes in about ten minutes on
 # two CPU cores and still shows falling curves and recognisable answers.
 DEMO = {
-    "pretrain": dict(model="small", epochs=4, batch_size=16, accumulation_steps=1, learning_rate=2e-3,
-                     max_seq_len=256, warmup_iters=20, log_step=10, save_step=100),
-    "sft": dict(model="small", epochs=4, batch_size=16, accumulation_steps=1, learning_rate=1e-3,
-                max_seq_len=512, warmup_iters=10, log_step=10, save_step=100),
-    "sft_long": dict(model="small", epochs=2, batch_size=8, accumulation_steps=1, learning_rate=5e-4,
-                     max_seq_len=1024, warmup_iters=5, log_step=10, save_step=100),
-    "distill": dict(model="small", epochs=3, batch_size=8, accumulation_steps=1, learning_rate=5e-4,
-                    max_seq_len=1024, warmup_iters=5, log_step=10, save_step=100),
+    "pretrain": dict(model="small", epochs=6, batch_size=8, accumulation_steps=1, learning_rate=3e-3,
+                     max_seq_len=256, warmup_iters=20, log_step=20, save_step=200),
+    "sft": dict(model="small", epochs=6, batch_size=8, accumulation_steps=1, learning_rate=2e-3,
+                max_seq_len=512, warmup_iters=20, log_step=20, save_step=200),
+    "sft_long": dict(model="small", epochs=2, batch_size=4, accumulation_steps=1, learning_rate=1e-3,
+                     max_seq_len=1024, warmup_iters=10, log_step=20, save_step=200),
+    "distill": dict(model="small", epochs=4, batch_size=8, accumulation_steps=1, learning_rate=1e-3,
+                    max_seq_len=1024, warmup_iters=10, log_step=20, save_step=200),
 }
 
 # Sampling defaults shared by eval_model.py, the server and the HF export's generation_config.json.

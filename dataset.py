@@ -338,6 +338,8 @@ class PretrainData:
         self.cache, self.seq_len = cache, seq_len
         self.num_samples = max(1, -(-(len(cache.tokens) - 1) // seq_len))
         self.lengths = np.full(self.num_samples, seq_len, dtype=np.int64)
+        self.lengths[-1] = len(cache.tokens) - 1 - (self.num_samples - 1) * seq_len
+        self.loss_tokens = self.lengths   # every real target token is trained on
 
     def batch(self, indices) -> Batch:
         L, tokens = self.seq_len, self.cache.tokens
@@ -364,12 +366,25 @@ class ConversationData:
         lengths = np.diff(cache.offsets)
         self.lengths = np.minimum(lengths, seq_len + 1) - 1      # input tokens per sample
         self.num_samples = len(lengths)
+        self.loss_tokens = self._count_loss_tokens()
         # A conversation truncated so far that no assistant token remains cannot teach anything.
-        starts = cache.offsets[:-1]
-        for i in range(self.num_samples):
-            if not cache.loss_mask[starts[i] + 1: starts[i] + self.lengths[i] + 1].any():
-                raise DataError(f"{source or 'data'} line {cache.lines[i]}: the conversation is so long that no "
-                                f"assistant token fits in --max_seq_len {seq_len}; shorten it or raise --max_seq_len.")
+        empty = np.flatnonzero(self.loss_tokens == 0)
+        if len(empty):
+            more = f" ({len(empty) - 1} other conversations too)" if len(empty) > 1 else ""
+            raise DataError(f"{source or 'data'} line {cache.lines[empty[0]]}: the conversation is so long that no "
+                            f"assistant token fits in --max_seq_len {seq_len}{more}; shorten it or raise --max_seq_len.")
+
+    def _count_loss_tokens(self, block: int = 65536) -> np.ndarray:
+        """Loss-mask tokens per sample after truncation, in blocks so memory stays flat."""
+        counts = np.zeros(self.num_samples, dtype=np.int64)
+        offsets, mask = self.cache.offsets, self.cache.loss_mask
+        for a in range(0, self.num_samples, block):
+            b = min(a + block, self.num_samples)
+            base = offsets[a]
+            cumulative = np.concatenate([[0], np.cumsum(mask[base:offsets[b]], dtype=np.int64)])
+            first = offsets[a:b] - base + 1                    # targets start one token in
+            counts[a:b] = cumulative[first + self.lengths[a:b]] - cumulative[first]
+        return counts
 
     def batch(self, indices) -> Batch:
         T = int(self.lengths[indices].max())

@@ -39,6 +39,9 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "RTX 4090": 165.2, "
                "A10": 125.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
 
 
+CPU_COMPILE_MIN_TOKENS = 4_000_000   # --compile auto on CPU: below this, compile time outweighs its gain
+
+
 class UserError(Exception):
     """A mistake the user can fix; printed as one sentence, no traceback."""
 
@@ -418,16 +421,21 @@ class Trainer:
         if self.resume:
             self.load_resume_state()
         self.model = self.raw_model
-        if self.compile_wanted():
-            self.model = torch.compile(self.raw_model)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.model = DDP(self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
 
+        def forward_loss(x, y, mask):
+            return token_loss_sum(self.model(x).logits, y, mask)
+        # Model and loss compile as one graph: the fp32 upcast and cross-entropy over the
+        # 6400-way logits then fuse, which is most of what compile gains at this model size.
+        self.forward_loss = CompileOrEager(forward_loss, log) if self.compile_wanted() else forward_loss
+
         n_params = self.raw_model.num_parameters()
         tokens_per_step = cfg.batch_size * cfg.accumulation_steps * self.dist.world * cfg.max_seq_len
         log.print(f"{cfg.stage}: model {cfg.model} ({n_params / 1e6:.2f}M parameters), device {self.device}, "
-                  f"dtype {str(self.dtype).replace('torch.', '')}, world_size={self.dist.world}, effective batch "
+                  f"dtype {str(self.dtype).replace('torch.', '')}, "
+                  f"compile {'on' if isinstance(self.forward_loss, CompileOrEager) else 'off'}, world_size={self.dist.world}, effective batch "
                   f"{cfg.batch_size}×{cfg.accumulation_steps}×{self.dist.world} = "
                   f"{cfg.batch_size * cfg.accumulation_steps * self.dist.world} sequences ≤ {tokens_per_step} tokens")
         data_desc = f"{self.train_data.num_samples} {'rows' if kind == 'pretrain' else 'conversations'}"
@@ -439,8 +447,14 @@ class Trainer:
 
     def compile_wanted(self) -> bool:
         mode = self.cfg.compile
-        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+        if mode == "off":
             return False
+        if mode == "auto" and self.device.type != "cuda":
+            # On CPU compile pays ~1.7× (scripts/bench.py) but costs about a minute per stage
+            # (more when SFT batch shapes vary), so auto uses it only for runs long enough to win.
+            planned = self.total_steps * self.cfg.batch_size * self.cfg.accumulation_steps * self.cfg.max_seq_len
+            if planned < CPU_COMPILE_MIN_TOKENS:
+                return False
         if sys.platform == "win32":
             self.log.print("warning: torch.compile is unavailable on Windows; running eagerly.")
             return False
@@ -541,8 +555,7 @@ class Trainer:
             empty = self.train_data.batch(plan[0])
             empty.loss_mask[:] = 0
             batches = [empty]
-        count = sum(self.train_data.batch(idx).num_loss_tokens for idx in chunk) if self.dist.enabled else \
-            sum(b.num_loss_tokens for b in batches)
+        count = int(sum(self.train_data.loss_tokens[idx].sum() for idx in chunk))
         return epoch, batches, count
 
     def epoch_plan(self, epoch: int):
@@ -608,8 +621,8 @@ class Trainer:
                 sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
                 with sync:
                     with self.autocast():
-                        logits = self.model(self.to_device(b.input_ids)).logits
-                        loss_sum = token_loss_sum(logits, self.to_device(b.targets), self.to_device(b.loss_mask))
+                        loss_sum = self.forward_loss(self.to_device(b.input_ids), self.to_device(b.targets),
+                                                     self.to_device(b.loss_mask))
                     # DDP averages gradients over ranks; × world turns that into a sum over ranks.
                     self.scaler.scale(loss_sum * (world / max(n_loss_tokens, 1))).backward()
                 step_loss += loss_sum.detach()
@@ -690,6 +703,29 @@ class Trainer:
         self.log.close()
         if self.dist.enabled:
             torch.distributed.destroy_process_group()
+
+
+class CompileOrEager:
+    """torch.compile(fn), falling back to eager fn with a warning if compilation fails on the
+    first call (no C++ compiler, an unsupported platform or backend)."""
+
+    def __init__(self, fn, log: RunLog):
+        self.eager, self.compiled, self.log, self.works = fn, torch.compile(fn), log, None
+
+    def __call__(self, *args):
+        if self.works is False:
+            return self.eager(*args)
+        try:
+            out = self.compiled(*args)
+        except Exception as e:
+            if self.works:
+                raise
+            self.log.print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                           f"running eagerly. Pass --compile off to skip the attempt.")
+            self.works = False
+            return self.eager(*args)
+        self.works = True
+        return out
 
 
 def format_lines(lines, limit: int = 12) -> str:

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         print(f"\n----- answers after {stage} (greedy) -----")
         for prompt in SAMPLE_PROMPTS:
             reply = chat.reply([{"role": "user", "content": prompt}], max_new_tokens=160, temperature=0,
-                               repetition_penalty=1.1)
+                               repetition_penalty=1.2)
             print(f"Q: {prompt}\nA: {reply}\n", flush=True)
     print("Chat with it: python eval_model.py" + (f" --save_dir {save_dir}" if str(save_dir) != "out" else ""))
     return 0

@@ -41,6 +41,7 @@ def test_loss_mask_covers_exactly_assistant_tokens(tmp_path, tokenizer):
             kept = b.targets[row][b.loss_mask[row] > 0]
             assert tokenizer.decode(kept) == expected
             n = int(data.lengths[i])
+            assert b.loss_mask[row].sum() == data.loss_tokens[i]            # what the trainer normalises by
             assert (b.loss_mask[row, n:] == 0).all()          # padding never trained on
             assert (b.input_ids[row, 1:n] == b.targets[row, :n - 1]).all()   # targets are inputs shifted by one
 
@@ -79,6 +80,7 @@ def test_pretrain_packing_reconstructs_the_stream(tmp_path, tokenizer):
     targets = np.concatenate([r.targets[r.loss_mask > 0] for r in rows])
     assert (inputs == stream[:-1]).all() and (targets == stream[1:]).all()   # nothing lost, the long doc continues
     assert rows[-1].loss_mask.sum() < rows[-1].loss_mask.size               # the short final row is kept
+    assert sum(r.loss_mask.sum() for r in rows) == data.loss_tokens.sum() == len(stream) - 1
 
 
 def test_epoch_batches_cover_everything_once_and_reshuffle(tmp_path):

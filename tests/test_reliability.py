@@ -1,0 +1,115 @@
+"""Faults and scale: torchrun DDP equals single-process accumulation, SIGKILL + --resume
+equals an uninterrupted run, non-finite steps are skipped and reported."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import pretrain
+from conftest import ROOT, run_args
+from test_train import assert_same_weights, weights
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "pt.jsonl"
+    rows = [{"text": f"第{i}篇：今天学习了{i % 7 + 1}个新词语，明天继续努力。" * (1 + i % 3)} for i in range(60)]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def env(**extra):
+    e = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT), **extra)
+    e.pop("RANK", None)
+    return e
+
+
+def losses(log_file):
+    return [float(line.split(" loss ")[1].split()[0]) for line in log_file.read_text().splitlines()
+            if " loss " in line and "step " in line]
+
+
+def test_ddp_two_ranks_equal_one_rank_with_double_accumulation(tmp_path, corpus):
+    common = ["--data_path", str(corpus), "--max_seq_len", "32", "--batch_size", "4", "--max_steps", "4",
+              "--val_path", "", "--seed", "7"]
+    # Warm the token cache first so both runs read the same one.
+    single = run_args(tmp_path / "one", *common, "--accumulation_steps", "2", "--cache_dir", str(tmp_path / "cache"))
+    subprocess.run([sys.executable, "pretrain.py", *single], cwd=ROOT, env=env(OMP_NUM_THREADS="1"), check=True,
+                   capture_output=True)
+    ddp = run_args(tmp_path / "two", *common, "--accumulation_steps", "1", "--cache_dir", str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "pretrain.py", *ddp], cwd=ROOT, env=env(OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "world_size=2" in done.stdout and "4×1×2 = 8 sequences" in done.stdout
+    assert done.stdout.count("saved ") == 1                      # rank 0 alone writes
+    a, b = losses(tmp_path / "one" / "log" / "Pretrain.log"), losses(tmp_path / "two" / "log" / "Pretrain.log")
+    assert len(a) == len(b) == 4 and all(abs(x - y) < 1e-5 for x, y in zip(a, b))
+    assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), atol=1e-5)
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, corpus):
+    # Same thread count in the subprocess as here, so float reductions match bit for bit.
+    common = ["--data_path", str(corpus), "--max_seq_len", "16", "--batch_size", "2", "--epochs", "1",
+              "--save_step", "3", "--val_path", "", "--accumulation_steps", "1", "--log_step", "1000"]
+    assert pretrain.main(run_args(tmp_path / "full", *common)) == 0
+    total = json.loads((tmp_path / "full" / "ckpt" / "pretrain.json").read_text())["results"]["steps"]
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "pretrain.py", *run_args(cut, *common)], cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = cut / "ckpt" / "checkpoints" / "pretrain"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(ckpt_dir.glob("step_0000006.pt")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "ckpt" / "pretrain.pt").exists(), "the run finished before it could be killed"
+    assert pretrain.main(run_args(cut, *common, "--resume")) == 0
+    assert_same_weights(weights(tmp_path / "full"), weights(cut))   # bitwise on CPU fp32
+    resumed = (cut / "log" / "Pretrain.log").read_text()
+    assert "resumed from" in resumed and f"step {total}/{total}" in resumed
+
+
+def test_resume_with_another_world_size_product_refuses(tmp_path, corpus, capsys):
+    common = ["--data_path", str(corpus), "--max_seq_len", "16", "--batch_size", "2", "--save_step", "2",
+              "--max_steps", "3", "--val_path", ""]
+    assert pretrain.main(run_args(tmp_path, *common)) == 0
+    assert pretrain.main(run_args(tmp_path, *common, "--resume", "--accumulation_steps", "4")) == 2
+    assert "keep that product the same" in capsys.readouterr().err
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path, corpus):
+    common = ["--data_path", str(corpus), "--max_seq_len", "16", "--batch_size", "2", "--save_step", "2",
+              "--max_steps", "9", "--val_path", "", "--keep_checkpoints", "2"]
+    assert pretrain.main(run_args(tmp_path, *common)) == 0
+    kept = sorted(p.name for p in (tmp_path / "ckpt" / "checkpoints" / "pretrain").iterdir())
+    assert kept == ["step_0000006.pt", "step_0000008.pt"]          # last two, no .tmp left behind
+
+
+def test_non_finite_steps_are_skipped_then_stop_with_source_lines(tmp_path, corpus, monkeypatch, capsys):
+    import trainer
+    real = trainer.token_loss_sum
+    calls = {"n": 0}
+
+    def sometimes_nan(logits, targets, mask):
+        calls["n"] += 1
+        loss = real(logits, targets, mask)
+        return loss * float("nan") if calls["n"] == 2 else loss
+    monkeypatch.setattr(trainer, "token_loss_sum", sometimes_nan)
+    common = ["--data_path", str(corpus), "--max_seq_len", "16", "--batch_size", "2", "--max_steps", "4", "--val_path", "",
+              "--accumulation_steps", "1"]
+    assert pretrain.main(run_args(tmp_path / "a", *common)) == 0
+    out = capsys.readouterr().out
+    assert "step 2: non-finite loss or gradient, step skipped (1 so far); source lines" in out
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "a").values())
+
+    monkeypatch.setattr(trainer, "token_loss_sum", lambda *a: real(*a) * float("nan"))
+    assert pretrain.main(run_args(tmp_path / "b", *common, "--max_bad_steps", "2")) == 2
+    err = capsys.readouterr().err
+    assert "2 optimiser steps in a row had a non-finite loss" in err and "pt.jsonl" in err
