@@ -365,6 +365,7 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.log = RunLog(cfg, self.dist.main)
         self.stop_requested = False
+        self.steps_file = None
 
     # -- setup
     def setup(self):
@@ -629,7 +630,11 @@ class Trainer:
                 tokens_since_log += int(b.loss_mask.shape[0] * b.loss_mask.shape[1])
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
-            finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(step_loss))
+            # One host sync per optimiser step (never per micro-step): the finiteness check and
+            # the per-step record that traces loss spikes back to source lines.
+            step_value = float(step_loss) / max(n_loss_tokens, 1) * world
+            finite = bool(torch.isfinite(grad_norm)) and math.isfinite(step_value)
+            self.record_step(step + 1, step_value, batches)
             if finite or self.dtype == torch.float16:
                 # fp16: the GradScaler itself skips steps with inf gradients while it calibrates.
                 self.scaler.step(self.optimizer)
@@ -687,6 +692,26 @@ class Trainer:
             log.print(f"wrote {plot}")
         return results
 
+    def record_step(self, step: int, loss: float, batches):
+        """Append {step, loss, first/last source line} to log/<Stage>_steps.jsonl; a step whose loss
+        jumps above 1.5× the running mean also lists every source line, so the samples behind
+        a spike can be found (scripts/data_doctor.py loss scores them one by one)."""
+        if not self.dist.main:
+            return
+        lines = np.unique(np.concatenate([b.lines for b in batches]))
+        record = {"step": step, "loss": round(loss, 5), "lines": [int(lines[0]), int(lines[-1])]}
+        mean = getattr(self, "_loss_mean", None)
+        if not math.isfinite(loss) or (mean is not None and step > self.warmup and loss > 1.5 * mean):
+            record["spike"] = True
+            record["all_lines"] = lines.tolist()
+        if math.isfinite(loss):
+            self._loss_mean = loss if mean is None else 0.95 * mean + 0.05 * loss
+        if self.steps_file is None:
+            self.steps_file = open(Path(self.cfg.log_dir) / f"{LOG_NAMES[self.cfg.stage]}_steps.jsonl", "a")
+        self.steps_file.write(json.dumps(record) + "\n")
+        if step % self.cfg.log_step == 0:
+            self.steps_file.flush()
+
     def install_signal_handlers(self):
         def request_stop(signum, frame):
             if self.stop_requested:  # second Ctrl-C: give up at once
@@ -701,6 +726,8 @@ class Trainer:
 
     def close(self):
         self.log.close()
+        if self.steps_file is not None:
+            self.steps_file.close()
         if self.dist.enabled:
             torch.distributed.destroy_process_group()
 

@@ -253,14 +253,16 @@ def score_requests(lm, requests, batch_size: int, progress: bool = True):
             n, pairs = len(seqs[i]), requests[r]
             if o is None:
                 logprobs = torch.log_softmax(logits[i, n - 1], dim=-1)
-                for k, (_, cont) in enumerate(pairs):
-                    results[r][k] = logprobs[cont[0]].item()
+                picked = logprobs[[cont[0] for _, cont in pairs]].tolist()    # one device→host copy
+                for k in range(len(pairs)):
+                    results[r][k] = picked[k]
             else:
                 cont = pairs[o][1]
                 # logits at position p predict token p + 1; the continuation fills the last len(cont) slots.
-                positions = torch.arange(n - len(cont), n)
+                positions = torch.arange(n - len(cont), n, device=logits.device)
                 logprobs = torch.log_softmax(logits[i, positions], dim=-1)
-                results[r][o] = logprobs.gather(-1, torch.tensor(cont).view(-1, 1)).sum().item()
+                target = torch.tensor(cont, device=logits.device).view(-1, 1)
+                results[r][o] = logprobs.gather(-1, target).sum().item()
         bar.update(len(batch))
     bar.close()
     return results, truncated

@@ -125,10 +125,10 @@ def score(lm, documents, max_len: int, stride: int, batch_size: int, progress: b
                 mask[i, :len(ids)] = 1
             logits = lm.logits(x, mask)
             for i, (_, targets) in enumerate(batch):
-                pos = torch.tensor([p for p, _, _ in targets])
-                tgt = torch.tensor([t for _, t, _ in targets])
+                pos = torch.tensor([p for p, _, _ in targets], device=logits.device)
+                tgt = torch.tensor([t for _, t, _ in targets], device=logits.device)
                 token_nll = -torch.log_softmax(logits[i, pos].double(), dim=-1).gather(-1, tgt.view(-1, 1)).view(-1)
-                is_text = torch.tensor([is_text for _, _, is_text in targets])
+                is_text = torch.tensor([flag for _, _, flag in targets], device=logits.device)
                 nll += token_nll.sum().item()
                 nll_text += token_nll[is_text].sum().item()
                 n_tokens += len(targets)

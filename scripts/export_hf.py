@@ -69,7 +69,7 @@ def parse_args(argv):
     p.add_argument("--out", required=True, help="folder to write the HF export into")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.add_argument("--tokenizer_dir", default="XiaoXin_tokenizer")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier export")
     p.add_argument("--skip_verify", action="store_true", help="do not load the export back to compare logits")
     return p.parse_args(argv)
 
@@ -87,8 +87,12 @@ def validate(args):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"--out {out} already holds files; pass --overwrite to replace them.")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:
+            raise UserError(f"--out {out} already holds files; pass --overwrite to replace them.")
+        if not (out / "config.json").is_file():   # --overwrite deletes the folder: only ever an old export
+            raise UserError(f"--out {out} holds files but no config.json, so it is not an earlier export; "
+                            f"--overwrite only replaces exports, choose a new folder.")
 
 
 def generation_config(tok) -> dict:
@@ -203,8 +207,11 @@ one more entry in `get_vocab_base_pre()` (or the same hash under `pre_computed_h
 ```
 
 If your converter prints a different chkhsh, use the one it prints (it depends only on the
-tokenizer files). The architecture itself (`LlamaForCausalLM`, GQA, tied embeddings) needs
-nothing special.
+tokenizer files). The rest needs nothing special: the architecture is `LlamaForCausalLM`
+(GQA, tied embeddings), `<|im_end|>` becomes the GGUF end-of-turn/EOS token, no BOS is
+added (`add_bos_token: false`), and the ChatML chat template is read from
+`tokenizer_config.json`. After converting, `llama-tokenize -m model.gguf -p "…"` should print
+the same ids as `AutoTokenizer` does for the same text.
 
 ## Limitations
 

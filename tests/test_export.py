@@ -242,3 +242,9 @@ def test_wrong_model_size_and_busy_out_are_one_sentence(trained, exported, tmp_p
     assert rc == 2 and "different model config" in one_error_line(capsys)
     rc = export_hf.main(["--save_dir", str(trained / "ckpt"), "--stage", "sft", "--out", str(exported)])
     assert rc == 2 and "--overwrite" in one_error_line(capsys)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    rc = export_hf.main(["--save_dir", str(trained / "ckpt"), "--stage", "sft", "--out", str(tmp_path / "mine"),
+                         "--overwrite"])
+    assert rc == 2 and "not an earlier export" in one_error_line(capsys)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -108,6 +108,8 @@ def test_non_finite_steps_are_skipped_then_stop_with_source_lines(tmp_path, corp
     out = capsys.readouterr().out
     assert "step 2: non-finite loss or gradient, step skipped (1 so far); source lines" in out
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "a").values())
+    steps = [json.loads(line) for line in (tmp_path / "a" / "log" / "Pretrain_steps.jsonl").read_text().splitlines()]
+    assert steps[1]["step"] == 2 and steps[1]["spike"] and steps[1]["all_lines"]   # traceable to its source lines
 
     monkeypatch.setattr(trainer, "token_loss_sum", lambda *a: real(*a) * float("nan"))
     assert pretrain.main(run_args(tmp_path / "b", *common, "--max_bad_steps", "2")) == 2

@@ -132,6 +132,8 @@ def test_demo_fallback_chaining_and_outputs(trained):
     assert json.loads((ckpt / "sft.json").read_text())["init_from"].endswith("pretrain.pt")
     assert json.loads((ckpt / "distill.json").read_text())["init_from"].endswith("sft_long.pt")
     assert (trained / "log" / "Pretrain.log").read_text().count("loss") >= 3
+    steps = [json.loads(line) for line in (trained / "log" / "Pretrain_steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 7)) and all(1 <= s["lines"][0] <= s["lines"][1] for s in steps)
 
 
 def test_distill_falls_back_to_sft_when_long_stage_skipped(tmp_path, trained, capsys):
