@@ -123,6 +123,23 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
+    def decode_static(self, x, cos, sin, cache: KVCache, pos, visible):
+        """One token at tensor position `pos` against the whole fixed-size cache, with `visible`
+        masking positions not yet written: every shape is static, so torch.compile builds one
+        graph for a whole generation instead of one per position."""
+        B = x.shape[0]
+        q = self.q_proj(x).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, 1, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, 1, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = cache.k[self.layer_index], cache.v[self.layer_index]
+        keys.index_copy_(2, pos, k)
+        values.index_copy_(2, pos, v)
+        q = q.view(B, self.n_kv_heads, self.n_heads // self.n_kv_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
+        return self.o_proj(out.reshape(B, 1, -1))
+
+
 class SwiGLU(nn.Module):
     """Gated feed-forward (arXiv:2002.05202): down(silu(gate(x)) * up(x))."""
 
@@ -159,6 +176,7 @@ class XiaoXin(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self.decode_mode, self._decode_fn = "dynamic", None
         cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         # Not persistent: derived from the config, so checkpoints stay small and exact.
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -182,6 +200,24 @@ class XiaoXin(nn.Module):
         cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
+
+    def set_decode_mode(self, mode: str):
+        """How generate() runs each new token: "dynamic" (eager, attention over the filled part
+        of the cache), "static" (eager, fixed shapes) or "compiled" (static under torch.compile:
+        least Python overhead per token, after a one-off compilation)."""
+        if mode not in ("dynamic", "static", "compiled"):
+            raise ValueError(f"unknown decode mode {mode!r}")
+        self.decode_mode = mode
+        self._decode_fn = torch.compile(self._decode_static, dynamic=False) if mode == "compiled" else self._decode_static
+
+    def _decode_static(self, token, pos, cache: KVCache):
+        cos, sin = self.rope_cos.index_select(0, pos), self.rope_sin.index_select(0, pos)
+        visible = (torch.arange(cache.max_len, device=token.device) <= pos).view(1, -1)
+        x = self.embed_tokens(token)
+        for layer in self.layers:
+            x = x + layer.self_attn.decode_static(layer.input_layernorm(x), cos, sin, cache, pos, visible)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm_head(self.norm(x))[:, -1].float()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
@@ -220,8 +256,10 @@ class XiaoXin(nn.Module):
         total = min(T + max_new_tokens, self.config.max_seq_len)
         if T >= total:
             return
+        static = self.decode_mode != "dynamic"
         param = next(self.parameters())
-        cache = KVCache(self.config, B, total, input_ids.device, param.dtype
+        # Static decoding always allocates max_seq_len so every call reuses one compiled graph.
+        cache = KVCache(self.config, B, self.config.max_seq_len if static else total, input_ids.device, param.dtype
                         if not torch.is_autocast_enabled(input_ids.device.type) else
                         torch.get_autocast_dtype(input_ids.device.type))
         eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
@@ -251,7 +289,11 @@ class XiaoXin(nn.Module):
                 seen.scatter_(1, next_token.view(B, 1), True)
             if pos + 1 >= total:
                 return
-            logits = self(next_token.view(B, 1), cache=cache, start_pos=pos, last_only=True).logits[:, -1].float()
+            if static:
+                position = torch.tensor([pos], device=input_ids.device)
+                logits = self._decode_fn(next_token.view(B, 1), position, cache)
+            else:
+                logits = self(next_token.view(B, 1), cache=cache, start_pos=pos, last_only=True).logits[:, -1].float()
 
 
 def sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator):

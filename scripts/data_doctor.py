@@ -3,7 +3,8 @@
 Works on all four data formats (pretrain, sft, sft_long, r1), detected per file from its first
 records, or forced with --kind pretrain|sft|r1 (sft_long is sft with a longer --max_seq_len).
 Files of any size are streamed with a progress bar; memory grows only by a small index per
-record (≈2 KB with near-duplicate detection on, ≈0.2 KB with --near_threshold 0).
+record: ≈2.5 KB with near-duplicate detection (the MinHash LSH index), ≈0.2 KB with
+--near_threshold 0 (2.5 GB and 0.2 GB for a million records).
 
     python scripts/data_doctor.py check dataset/sft_512.jsonl
     python scripts/data_doctor.py check data.jsonl --json report.json --plot lengths.png --max_seq_len 1024
@@ -69,7 +70,7 @@ if str(ROOT) not in sys.path:
 
 import Config  # noqa: E402
 from dataset import (IM_END, DataError, check_conversation, check_pretrain, load_tokenizer,  # noqa: E402
-                     normalise_pretrain_text, render_chat)
+                     render_chat)
 
 KINDS = {  # in order of severity: a record's `kind` is the first of these that applies
     "bad_json": "not valid UTF-8 / JSON",
@@ -262,7 +263,7 @@ def check_structure(record, kind: str):
         return check_conversation(record), None
     except ValueError as e:
         reason = str(e)
-    empty = reason.endswith('is empty') or reason.endswith("has empty content")
+    empty = reason.endswith(("is empty", "has empty content"))
     if empty and kind != "pretrain":                   # check_conversation says "empty" for non-strings too
         i = int(re.search(r"message (\d+)", reason).group(1)) - 1
         if not isinstance(record["conversations"][i]["content"], str):
@@ -374,10 +375,9 @@ class Doctor:
                 else:
                     match = self.near.match_or_add(p["shingle_text"], p["line"]) if self.near else None
                     if match:
-                        found.append(("near_duplicate", f"≈{match[1]:.0%} similar to line {match[0]} "
-                                                        f"(character {SHINGLE}-gram Jaccard, MinHash estimate)"))
-                    else:
-                        self.seen[h] = p["line"]
+                        found.append(("near_duplicate", (f"≈{match[1]:.0%} similar to line {match[0]} "
+                                                         f"(character {SHINGLE}-gram Jaccard, MinHash estimate)")))
+                    self.seen[h] = p["line"]     # an exact copy of a near duplicate names that line
             self._finish_record(p["line"], p["offset"], found)
         self.pending.clear()
 
@@ -529,7 +529,8 @@ def require_input(path) -> Path:
 def refuse_overwrite(src: Path, *outputs):
     for flag, out in outputs:
         if out and same_file(src, out):
-            raise UserError(f"{flag} {out} is the input file; write the result somewhere else (the input is never modified).")
+            raise UserError(f"{flag} {out} is the input file; write the result somewhere else "
+                            f"(the input is never modified).")
 
 
 def open_tokenizer(directory):
@@ -559,8 +560,8 @@ def bar(fraction: float, width: int = 30) -> str:
 
 def format_report(rep: dict) -> str:
     out = [f"data doctor: {rep['file']}",
-           f"  kind {rep['kind']} ({rep['kind_source']}), max_seq_len {rep['max_seq_len']} ({rep['max_seq_len_source']}), "
-           f"tokenizer {rep['tokenizer']}",
+           (f"  kind {rep['kind']} ({rep['kind_source']}), "
+            f"max_seq_len {rep['max_seq_len']} ({rep['max_seq_len_source']}), tokenizer {rep['tokenizer']}"),
            f"  {rep['lines']} lines: {rep['records']} records, {rep['blank_lines']} blank"]
     h = rep["length_histogram"]
     n = h["tokenised_records"]
@@ -671,7 +672,7 @@ def run_check(args) -> int:
 
 
 def run_clean(args) -> int:
-    path, kind, kind_source, max_len, len_source, tok = prepare(args)
+    path, kind, _, max_len, _, tok = prepare(args)
     drop = args.drop or DEFAULT_DROP
     unknown = [k for k in drop if k not in KINDS]
     if unknown:
@@ -734,8 +735,11 @@ def run_loss(args) -> int:
         raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
     kind = args.kind or detect_kind(path)
     tok = open_tokenizer(args.tokenizer_dir)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    try:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if args.device == "auto" else args.device))
+    except RuntimeError:
+        raise UserError(f"--device {args.device!r} is not a device torch knows (try cpu or cuda).") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device} was asked for but CUDA is not available here.")
     try:
@@ -745,7 +749,8 @@ def run_loss(args) -> int:
         raise UserError(str(e)) from None
     seq_len = args.max_seq_len or min(Config.STAGES[args.stage].max_seq_len, model.config.max_seq_len)
     if not 1 <= seq_len <= model.config.max_seq_len:
-        raise UserError(f"--max_seq_len must lie in 1..{model.config.max_seq_len} (the model's context), got {seq_len}.")
+        raise UserError(f"--max_seq_len must lie in 1..{model.config.max_seq_len} (the model's context), "
+                        f"got {seq_len}.")
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     model = model.to(device, dtype).eval()
     cache_root = Path(args.cache_dir) if args.cache_dir else Path(args.save_dir) / "cache"
@@ -851,10 +856,16 @@ def plot_losses(lines: np.ndarray, losses: np.ndarray, total_lines: int, path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.scatter(lines, losses, s=4, alpha=0.35, color="#4C72B0", linewidths=0, label="per-sample loss")
+    shown = np.arange(len(losses))
+    if len(shown) > 200_000:     # a scatter of millions of points only takes long to draw
+        shown = np.sort(np.random.default_rng(0).choice(shown, 200_000, replace=False))
+    subset = f" ({len(shown)} of {len(losses)} shown)" if len(shown) < len(losses) else ""
+    ax.scatter(lines[shown], losses[shown], s=4, alpha=0.35, color="#4C72B0", linewidths=0,
+               label="per-sample loss" + subset)
     window = max(1, len(losses) // 50)
     if len(losses) >= 2 * window and window > 1:
-        rolling = np.convolve(losses, np.ones(window) / window, mode="valid")
+        cumulative = np.concatenate([[0.0], np.cumsum(losses)])
+        rolling = (cumulative[window:] - cumulative[:-window]) / window
         ax.plot(lines[window // 2: window // 2 + len(rolling)], rolling, color="#C44E52", linewidth=2,
                 label=f"rolling mean ({window} samples)")
     for a, _ in third_bounds(total_lines)[1:]:
@@ -870,7 +881,7 @@ def plot_losses(lines: np.ndarray, losses: np.ndarray, total_lines: int, path: P
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="data_doctor.py", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="data_doctor.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -916,6 +927,9 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:          # output piped into head and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

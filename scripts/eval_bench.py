@@ -207,11 +207,12 @@ def continuations() -> list[str]:
 
 # ---------------------------------------------------------------- scoring
 
-def encode_pair(lm, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(lm, context: str, continuation: str, ctx: list[int] | None = None) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) split the harness's way: encode the whole string and
-    take what follows the context's own encoding (so merges across the seam are honoured)."""
+    take what follows the context's own encoding (so merges across the seam are honoured).
+    ctx may pass lm.encode(context) when it is already known."""
     whole = lm.encode(context + continuation)
-    ctx = lm.encode(context)
+    ctx = lm.encode(context) if ctx is None else ctx
     if whole[:len(ctx)] != ctx:     # a merge across the seam: fall back to separate encodings
         return ctx, lm.encode(continuation)
     return ctx, whole[len(ctx):]
@@ -276,8 +277,9 @@ def evaluate(lm, tasks: dict, shots: int, limit: int, batch_size: int, progress:
                   file=sys.stderr)
         for q in (qs[:limit] if limit else qs):
             context = build_context(q, examples[:shots], style)
+            ctx = lm.encode(context)
             questions.append(q)
-            requests.append([encode_pair(lm, context, c) for c in continuations()])
+            requests.append([encode_pair(lm, context, c, ctx) for c in continuations()])
     if not questions:
         raise UserError("no questions to score (are the CSV files empty?).")
     start = time.time()

@@ -34,7 +34,8 @@ LONG_ANSWER = ("长江是中国第一长河，发源于青藏高原的唐古拉�
 
 def conv(question, answer, *more):
     turns = (question, answer) + more
-    return {"conversations": [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]}
+    roles = ("user", "assistant")
+    return {"conversations": [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]}
 
 
 def mojibake(text: str) -> str:
@@ -126,8 +127,9 @@ def test_check_finds_exactly_the_planted_problems(tmp_path, capsys, make, kind, 
     assert {p["line"]: p["kind"] for p in report["problems"]} == expected
     n_lines = len(path.read_text(encoding="utf-8").splitlines())
     assert report["lines"] == n_lines and report["records"] == n_lines - report["blank_lines"]
-    assert set(p["kind"] for p in report["problems"]) <= set(data_doctor.KINDS)
-    for third, (first, last) in zip(data_doctor.THIRDS, (report["by_position"][t]["lines"] for t in data_doctor.THIRDS)):
+    assert {p["kind"] for p in report["problems"]} <= set(data_doctor.KINDS)
+    for third in data_doctor.THIRDS:
+        first, last = report["by_position"][third]["lines"]
         in_third = [line for line in expected if first <= line <= last]
         assert report["by_position"][third]["problem_records"] == len(in_third)
     printed = capsys.readouterr().out
@@ -232,8 +234,8 @@ def test_loss_ranks_gibberish_first(trained, gibberish_file, tmp_path):
 
 
 def test_loss_is_the_trainers_loss_on_the_loaders_batches(trained, gibberish_file, tmp_path, tokenizer):
-    """Per-sample loss, computed in padded, length-sorted batches of 4, equals token_loss_sum over
-    the one-sample batches dataset.py feeds the trainer (its tokens, targets and loss mask)."""
+    """Per-sample loss, computed in length-sorted batches of 4, equals token_loss_sum over the
+    batch dataset.py feeds the trainer (its tokens, targets, loss mask and padding)."""
     from dataset import make_dataset
     from trainer import load_model, token_loss_sum
     path = gibberish_file[0]
@@ -245,19 +247,20 @@ def test_loss_is_the_trainers_loss_on_the_loaders_batches(trained, gibberish_fil
     assert sorted(scored) == list(range(1, len(QA) + 2))
     model, _ = load_model(trained / "ckpt" / "sft.pt")
     data = make_dataset(path, "sft", tokenizer, tmp_path / "cache2", seq_len=512, quiet=True)
+    b = data.batch(list(range(data.num_samples)))          # one batch, padded to the longest record
     with torch.no_grad():
-        for i in range(data.num_samples):
-            b = data.batch([i])
-            logits = model(torch.from_numpy(b.input_ids)).logits
-            expected = token_loss_sum(logits, torch.from_numpy(b.targets), torch.from_numpy(b.loss_mask)) / b.num_loss_tokens
-            got = scored[int(b.lines[0])]
-            assert got["loss_tokens"] == b.num_loss_tokens
-            assert got["loss"] == pytest.approx(float(expected), abs=2e-4)
+        logits = model(torch.from_numpy(b.input_ids)).logits
+    for row, line in enumerate(b.lines):
+        mask = torch.from_numpy(b.loss_mask[row:row + 1])
+        loss_sum = token_loss_sum(logits[row:row + 1], torch.from_numpy(b.targets[row:row + 1]), mask)
+        assert scored[int(line)]["loss_tokens"] == int(mask.sum())
+        assert scored[int(line)]["loss"] == pytest.approx(float(loss_sum) / float(mask.sum()), abs=2e-4)
 
 
 # ---------------------------------------------------------------- robustness
 
-_json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+_json_leaf = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+              | st.text(max_size=12))
 _json = st.recursive(_json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
                      max_leaves=6)
 _content = st.one_of(st.text(max_size=30), st.integers(), st.none(),

@@ -71,17 +71,22 @@ def hand_written_prompt(subject_zh: str, row: dict, shot: dict | None) -> str:
     return head + (block(shot) + " " + shot["answer"] + "\n\n" if shot else "") + block(row)
 
 
+def read_csv(path) -> list[dict]:
+    import csv
+    import io
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
 @pytest.mark.parametrize("shots", [0, 1])
 def test_bench_on_tiny_fixture(ckpt, native, tokenizer, tmp_path, shots):
-    import csv
     result = run_bench(ckpt, tmp_path, "--data_dir", str(FIXTURE), "--shots", str(shots))
     assert_sane(result, 7, {"high_school_geography": 3, "middle_school_mathematics": 4})
     assert result["shots"] == shots and result["split"] == "val" and result["truncated"] == 0
     # Every question scored again by brute force from a hand-written prompt.
     clear, brute_correct = 0, 0
     for subject, zh in (("high_school_geography", "高中地理"), ("middle_school_mathematics", "初中数学")):
-        rows = list(csv.DictReader(open(FIXTURE / "val" / f"{subject}_val.csv", encoding="utf-8")))
-        shot = next(csv.DictReader(open(FIXTURE / "dev" / f"{subject}_dev.csv", encoding="utf-8"))) if shots else None
+        rows = read_csv(FIXTURE / "val" / f"{subject}_val.csv")
+        shot = read_csv(FIXTURE / "dev" / f"{subject}_dev.csv")[0] if shots else None
         for row in rows:
             expected = brute_force_loglik(native, tokenizer, hand_written_prompt(zh, row, shot))
             detail = next(d for d in result["details"] if d["subject"] == subject and d["id"] == row["id"])

@@ -148,3 +148,13 @@ def test_sampling_filters_match_hf_processors():
         assert set(draws[row].tolist()) == set(kept_hf[row].nonzero().flatten().tolist())
     greedy = sample_next(logits, 0, 0, 1.0, 1.3, seen, None)
     assert torch.equal(greedy, RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone()).argmax(-1))
+
+
+def test_static_decode_path_equals_dynamic():
+    """The fixed-shape decode step (what --compile uses for chat) yields the same tokens."""
+    model = trained_like_tiny()
+    prompt = torch.randint(0, 500, (2, 7))
+    dynamic = torch.stack(list(model.generate(prompt, 30, temperature=0)), 1)
+    model.set_decode_mode("static")
+    static = torch.stack(list(model.generate(prompt, 30, temperature=0)), 1)
+    assert torch.equal(dynamic, static)
