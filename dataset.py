@@ -174,6 +174,8 @@ def iter_jsonl(path):
                 yield line_no, ValueError("line is not valid UTF-8"), size
             except json.JSONDecodeError as e:
                 yield line_no, ValueError(f"invalid JSON ({e.msg} at column {e.colno})"), size
+            except (ValueError, RecursionError) as e:   # a 5000-digit number, nesting too deep
+                yield line_no, ValueError(f"invalid JSON ({type(e).__name__}: {str(e)[:80]})"), size
 
 
 # ---------------------------------------------------------------- token cache

@@ -3,8 +3,8 @@
 Works on all four data formats (pretrain, sft, sft_long, r1), detected per file from its first
 records, or forced with --kind pretrain|sft|r1 (sft_long is sft with a longer --max_seq_len).
 Files of any size are streamed with a progress bar; memory grows only by a small index per
-record: ≈2.5 KB with near-duplicate detection (the MinHash LSH index), ≈0.2 KB with
---near_threshold 0 (2.5 GB and 0.2 GB for a million records).
+record: ≈4 KB with near-duplicate detection (datasketch's in-memory MinHash LSH index), ≈0.2 KB
+with --near_threshold 0, i.e. ≈4 GB or ≈0.2 GB for a million records.
 
     python scripts/data_doctor.py check dataset/sft_512.jsonl
     python scripts/data_doctor.py check data.jsonl --json report.json --plot lengths.png --max_seq_len 1024
@@ -17,12 +17,15 @@ check   counts records; token-length histogram (text table, and a PNG with --plo
         --json writes {"file", "kind", "lines", "records", "problems": [{"line", "kind",
         "detail", ["also"]}], "counts", "by_position", "length_histogram", "text", ...}.
 clean   writes a filtered, deduplicated, shuffled copy (lines copied byte for byte) and a report
-        of what was dropped and why. The first of a set of duplicates is kept. The input is never
-        touched; an --out that is the input is refused.
+        of what was dropped and why: by default every kind below except non_chinese (--drop picks).
+        The first of a set of duplicates is kept. The input is never touched; an --out that is
+        the input is refused.
 loss    scores every record with a trained checkpoint: mean cross-entropy per loss-mask token
         (assistant tokens for sft/r1, all tokens for pretrain), exactly the tokens and mask the
-        trainer uses. Writes the --top highest-loss records and plots loss against file
-        position (scatter plus rolling mean), which shows whether dirty data clusters anywhere.
+        trainer uses (its token cache, <save_dir>/cache by default, is reused; bad lines are
+        skipped). Prints mean loss per third of the file and the --top highest-loss records,
+        writes them with --out, and plots loss against file position with --plot (scatter plus
+        rolling mean): whether dirty data clusters anywhere, e.g. at the end of the file.
 
 --max_seq_len defaults to the number in the file name (sft_1024.jsonl → 1024), else the
 matching stage in Config.py (pretrain and sft 512, r1 = distill 1024). The loader keeps
@@ -43,7 +46,8 @@ applies in this order, and any others are listed in `also`:
                   'Ã©', 'æˆ‘'; or '锟斤拷'), control characters, lone surrogates
   duplicate       the same content as an earlier record after NFKC and whitespace normalisation
   near_duplicate  character 5-gram Jaccard similarity ≥ --near_threshold (default 0.8) with an
-                  earlier record (MinHash LSH, datasketch, 64 permutations)
+                  earlier record, estimated with MinHash (datasketch, 64 permutations, LSH for
+                  candidates); pairs within ≈0.05 of the threshold may fall either way
   too_long        sft/r1 only: more than max_seq_len + 1 tokens, so the loader truncates it
   non_chinese     fewer than 10% of the letters are Chinese characters (at least 20 letters);
                   reported, but not dropped by clean unless asked with --drop
@@ -206,7 +210,9 @@ class NearDuplicates:
             raise UserError("near-duplicate detection needs the datasketch package: pip install datasketch "
                             "(or pass --near_threshold 0 to skip it).") from None
         self.MinHash, self.threshold, self.num_perm = MinHash, threshold, num_perm
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # Bands tuned for recall (false negatives weighted 0.9): the LSH's false positives cost only
+        # a signature comparison, which then rejects them. 64 permutations: 9 bands of 7 rows.
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
         self.permutations = MinHash(num_perm=num_perm, seed=1).permutations
         self.signatures = np.empty((1024, num_perm), dtype=np.uint32)
         self.lines = array("q")

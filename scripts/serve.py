@@ -111,7 +111,7 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2**63, lt=2**64)   # what torch.Generator.manual_seed takes
     n: int | None = None
 
     @field_validator("n")
@@ -177,10 +177,11 @@ class Stats:
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
-def decode_pieces(chat: Chat, ids: list[int], stats: Stats, cancelled: threading.Event, max_new_tokens: int,
+def decode_pieces(chat: Chat, ids: list[int], stats: Stats, stopped, max_new_tokens: int,
                   temperature: float, top_p: float, top_k: int, repetition_penalty: float, seed: int | None):
     """Chat.stream's loop on already-built prompt ids, counting tokens for `usage` (Chat.stream
-    does not report them): same sampling, same seeded generator, same text pieces."""
+    does not report them): same sampling, same seeded generator, same text pieces. `stopped()`
+    is asked before each token is kept, so a reply nobody waits for ends early."""
     generator = torch.Generator(device=chat.device).manual_seed(seed) if seed is not None else None
     x = torch.tensor([ids], device=chat.device)
     out, printed = [], ""
@@ -190,7 +191,7 @@ def decode_pieces(chat: Chat, ids: list[int], stats: Stats, cancelled: threading
         if token in chat.eos:
             stats.finish_reason = "stop"
             break
-        if cancelled.is_set():
+        if stopped():
             return
         out.append(token)
         stats.completion_tokens = len(out)
@@ -224,13 +225,14 @@ class Engine:
             with contextlib.suppress(RuntimeError):     # the loop is gone: the server stopped
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        def stopped():
+            return cancelled.is_set() or self.closing.is_set()
+
         def work():
             try:
-                if not cancelled.is_set():              # the client may have left while queued
-                    for piece in decode_pieces(self.chat, ids, stats, cancelled, **sampling):
+                if not stopped():                       # the client may have left while queued
+                    for piece in decode_pieces(self.chat, ids, stats, stopped, **sampling):
                         put(piece)
-                        if self.closing.is_set():
-                            cancelled.set()
             except Exception as e:  # handed to the request, which answers with an error
                 put(e)
             finally:
@@ -485,7 +487,7 @@ def main(argv=None) -> int:
         if args.model and args.model not in Config.MODELS:
             raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
         if not 0 <= args.port <= 65535:
-            raise UserError(f"--port {args.port} is out of range; use 1-65535.")
+            raise UserError(f"--port {args.port} is out of range; use 1-65535 (or 0 for any free port).")
         sock = bind_socket(args.host, args.port)
         checkpoint = find_stage_checkpoint(args.save_dir, args.stage)
         chat = Chat(checkpoint, args.tokenizer_dir, args.device, args.dtype, args.model)
@@ -500,7 +502,9 @@ def main(argv=None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}, reachable from other machines, with no authentication.",
               file=sys.stderr)
-    uvicorn.Server(uvicorn.Config(create_app(chat, name), log_level="info")).run(sockets=[sock])
+    # On Ctrl+C, replies still being written get a few seconds, then are cut off.
+    uvicorn.Server(uvicorn.Config(create_app(chat, name), log_level="info", timeout_graceful_shutdown=3)).run(
+        sockets=[sock])
     return 0
 
 

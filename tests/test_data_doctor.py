@@ -212,9 +212,10 @@ def test_user_errors_are_one_sentence(tmp_path, capsys):
 def gibberish_file(tmp_path_factory):
     """QA plus, at line 7, an answer of ASCII symbols a Chinese corpus almost never holds: their
     tokens were only ever pushed down in training, so even the fixture's barely trained model
-    (10 steps) finds them less likely than any ordinary answer, by ≈0.9 nats."""
+    (10 steps) finds them less likely than any ordinary answer, by ≈0.6 nats."""
     path = tmp_path_factory.mktemp("loss") / "sft_gibberish.jsonl"
-    noise = "".join(random.Random(1).choice("#$%^&*~`|\\{}[]<>") for _ in range(80))
+    rng = random.Random(1)
+    noise = "".join(rng.choice("#$%^&*~`|\\{}[]<>") for _ in range(80))
     records = [conv(*qa) for qa in QA]
     records.insert(6, conv("今天晚饭吃什么？", noise))
     return write_lines(path, records), 7, records[6]

@@ -182,7 +182,9 @@ def test_concurrent_requests_all_succeed_with_their_own_reply(client):
 def test_one_generation_at_a_time(chat, client, monkeypatch):
     script = Scripted(chat, monkeypatch, seconds_per_token=0.01)
     results = []
-    ask = lambda: results.append(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]))  # noqa: E731
+
+    def ask():
+        results.append(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]))
     threads = [threading.Thread(target=ask) for _ in range(3)]
     for t in threads:
         t.start()
