@@ -347,8 +347,9 @@ def create_app(chat: Chat, model_name: str) -> Starlette:
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         parts = {"reasoning_content": [], "content": []}
         try:
-            async for field, text in deltas(pieces, split):
-                parts[field].append(text)
+            async with contextlib.aclosing(deltas(pieces, split)) as reply:
+                async for field, text in reply:
+                    parts[field].append(text)
         except Exception as e:
             return error_response(f"Generation failed: {e}", 500, kind="server_error")
         message = {"role": "assistant", "content": "".join(parts["content"])}
@@ -382,18 +383,20 @@ def create_app(chat: Chat, model_name: str) -> Starlette:
 
 
 async def deltas(pieces, split: bool):
-    """("content" | "reasoning_content", text) pairs from the raw text pieces."""
-    if not split:
+    """("content" | "reasoning_content", text) pairs from the raw text pieces. Closing this
+    closes `pieces` at once, which stops the generation behind them."""
+    async with contextlib.aclosing(pieces):
+        if not split:
+            async for piece in pieces:
+                if piece:
+                    yield "content", piece
+            return
+        splitter = ReasoningSplitter()
         async for piece in pieces:
-            if piece:
-                yield "content", piece
-        return
-    splitter = ReasoningSplitter()
-    async for piece in pieces:
-        for delta in splitter.feed(piece):
+            for delta in splitter.feed(piece):
+                yield delta
+        for delta in splitter.finish():
             yield delta
-    for delta in splitter.finish():
-        yield delta
 
 
 async def sse_events(pieces, stats: Stats, meta: dict, split: bool, include_usage: bool):
@@ -407,8 +410,9 @@ async def sse_events(pieces, stats: Stats, meta: dict, split: bool, include_usag
 
     yield event({"role": "assistant", "content": ""})
     try:
-        async for field, text in deltas(pieces, split):
-            yield event({field: text})
+        async with contextlib.aclosing(deltas(pieces, split)) as reply:
+            async for field, text in reply:
+                yield event({field: text})
     except Exception as e:
         error = {"message": f"Generation failed: {e}", "type": "server_error", "param": None, "code": None}
         yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
