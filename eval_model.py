@@ -67,21 +67,30 @@ class Chat:
                 return ids[-budget:]          # a single over-long message keeps its end
             rest = rest[2:] if len(rest) > 2 else rest[-1:]
 
-    def stream(self, messages, max_new_tokens=512, temperature=0.7, top_p=0.85, top_k=0,
-               repetition_penalty=1.0, seed=None):
+    def stream(self, messages, max_new_tokens=512, **sampling):
         """Yield text pieces as they are decoded; the final <|im_end|> is not yielded."""
-        ids = self.prompt_ids(messages, max_new_tokens)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        yield from self.stream_ids(self.prompt_ids(messages, max_new_tokens), max_new_tokens, **sampling)
+
+    def stream_ids(self, ids, max_new_tokens=512, temperature=0.7, top_p=0.85, top_k=0, repetition_penalty=1.0,
+                   seed=None, stats=None, stopped=None):
+        """The decoding loop on prompt ids. `stats`, if given, gets completion_tokens and
+        finish_reason ("stop" at <|im_end|>, else "length"); `stopped()` is asked before each
+        token is kept, so a reply nobody waits for ends early."""
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         x = torch.tensor([ids], device=self.device)
         out, printed = [], ""
         for token in self.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                          repetition_penalty=repetition_penalty, eos_token_id=self.eos,
                                          generator=generator):
             if token in self.eos:
+                if stats is not None:
+                    stats.finish_reason = "stop"
                 break
+            if stopped is not None and stopped():
+                return
             out.append(token)
+            if stats is not None:
+                stats.completion_tokens = len(out)
             text = self.tok.decode(out)
             if text.endswith("\ufffd"):
                 continue  # half of a multi-byte character: wait for the rest

@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -36,20 +37,8 @@ from trainer import PEAK_TFLOPS, flops_per_token, peak_flops, token_loss_sum  # 
 
 def hf_twin(model: XiaoXin):
     """LlamaForCausalLM with XiaoXin's shape and (a copy of) its weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    c = model.config
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_seq_len,
-        rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=c.tie_word_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        attention_bias=False, mlp_bias=False, pad_token_id=0, bos_token_id=None, eos_token_id=2))
-    state = {(k if k == "lm_head.weight" else "model." + k): v.clone() for k, v in model.state_dict().items()}
-    if c.tie_word_embeddings:
-        state.pop("lm_head.weight")
-    hf.load_state_dict(state, strict=False)
-    return hf
+    from hf_compat import to_hf_model
+    return to_hf_model(model, pad_token_id=0, eos_token_id=2)
 
 
 def sync(device):

@@ -332,13 +332,8 @@ def parse_args(argv):
 
 
 def validate(args):
-    if args.hf_dir and (args.model or args.stage or args.save_dir):
-        raise UserError("--hf_dir replaces --model/--save_dir/--stage; pass one or the other.")
-    if args.stage is not None and args.stage not in STAGES:
-        raise UserError(f"--stage {args.stage!r} is not one of: {', '.join(STAGES)}.")
-    if not args.hf_dir and not Path(args.save_dir or "out").is_dir():
-        raise UserError(f"--save_dir {args.save_dir or 'out'} does not exist; pass the folder holding the "
-                        f"stage checkpoints, or --hf_dir.")
+    from hf_compat import check_model_source
+    check_model_source(args, STAGES)
     if (args.data_dir is None) == (args.hf_dataset is None):
         raise UserError("pass exactly one of --data_dir (local CSV folder) and --hf_dataset (hub dataset).")
     if args.shots < 0 or args.limit < 0 or args.batch_size < 1:

@@ -168,13 +168,8 @@ def parse_args(argv):
 
 
 def validate(args):
-    if args.hf_dir and (args.model or args.stage or args.save_dir):
-        raise UserError("--hf_dir replaces --model/--save_dir/--stage; pass one or the other.")
-    if args.stage is not None and args.stage not in STAGES:
-        raise UserError(f"--stage {args.stage!r} is not one of: {', '.join(STAGES)}.")
-    if not args.hf_dir and not Path(args.save_dir or "out").is_dir():
-        raise UserError(f"--save_dir {args.save_dir or 'out'} does not exist; pass the folder holding the "
-                        f"stage checkpoints, or --hf_dir.")
+    from hf_compat import check_model_source
+    check_model_source(args, STAGES)
     if args.score not in ("auto", "assistant", "all"):
         raise UserError(f"--score {args.score!r} is not one of: auto, assistant, all.")
     if args.limit < 0 or args.max_len < 0 or args.stride < 0 or args.batch_size < 1:

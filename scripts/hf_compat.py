@@ -296,6 +296,17 @@ def byte_level_token_facts(tokenizer_json: Path, vocab_size: int) -> tuple[list[
     return sizes, special
 
 
+def check_model_source(args, stages):
+    """The checks eval_bench.py and eval_ppl.py share: a native checkpoint or --hf_dir, not both."""
+    if args.hf_dir and (args.model or args.stage or args.save_dir):
+        raise UserError("--hf_dir replaces --model/--save_dir/--stage; pass one or the other.")
+    if args.stage is not None and args.stage not in stages:
+        raise UserError(f"--stage {args.stage!r} is not one of: {', '.join(stages)}.")
+    if not args.hf_dir and not Path(args.save_dir or "out").is_dir():
+        raise UserError(f"--save_dir {args.save_dir or 'out'} does not exist; pass the folder holding the "
+                        f"stage checkpoints, or --hf_dir.")
+
+
 def open_lm(*, hf_dir=None, save_dir=None, stage=None, model_name=None, tokenizer_dir="XiaoXin_tokenizer",
             device="auto", dtype="auto") -> ScoringLM:
     """Load a native XiaoXin checkpoint (save_dir + stage, checked against --model) or an

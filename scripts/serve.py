@@ -177,34 +177,6 @@ class Stats:
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
-def decode_pieces(chat: Chat, ids: list[int], stats: Stats, stopped, max_new_tokens: int,
-                  temperature: float, top_p: float, top_k: int, repetition_penalty: float, seed: int | None):
-    """Chat.stream's loop on already-built prompt ids, counting tokens for `usage` (Chat.stream
-    does not report them): same sampling, same seeded generator, same text pieces. `stopped()`
-    is asked before each token is kept, so a reply nobody waits for ends early."""
-    generator = torch.Generator(device=chat.device).manual_seed(seed) if seed is not None else None
-    x = torch.tensor([ids], device=chat.device)
-    out, printed = [], ""
-    for token in chat.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     repetition_penalty=repetition_penalty, eos_token_id=chat.eos,
-                                     generator=generator):
-        if token in chat.eos:
-            stats.finish_reason = "stop"
-            break
-        if stopped():
-            return
-        out.append(token)
-        stats.completion_tokens = len(out)
-        text = chat.tok.decode(out)
-        if text.endswith("\ufffd"):
-            continue  # half of a multi-byte character: wait for the rest
-        yield text[len(printed):]
-        printed = text
-    text = chat.tok.decode(out)
-    if len(text) > len(printed):
-        yield text[len(printed):]
-
-
 class Engine:
     """Runs one generation at a time on a single worker thread (the queue is the executor's),
     handing text pieces to the event loop as they are decoded."""
@@ -231,7 +203,7 @@ class Engine:
         def work():
             try:
                 if not stopped():                       # the client may have left while queued
-                    for piece in decode_pieces(self.chat, ids, stats, stopped, **sampling):
+                    for piece in self.chat.stream_ids(ids, stats=stats, stopped=stopped, **sampling):
                         put(piece)
             except Exception as e:  # handed to the request, which answers with an error
                 put(e)

@@ -1,28 +1,20 @@
 """The hand-written model against HuggingFace's LlamaForCausalLM, and KV-cache decoding
 against full forwards."""
+import sys
+
 import pytest
 import torch
+
+from conftest import ROOT
 
 from Config import LLMConfig, model_config
 from model import KVCache, XiaoXin, sample_next
 
 
 def to_hf(model: XiaoXin):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    c = model.config
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_seq_len,
-        rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=c.tie_word_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        attention_bias=False, mlp_bias=False, hidden_act="silu"))
-    state = {(k if k == "lm_head.weight" else "model." + k): v for k, v in model.state_dict().items()}
-    if c.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}
-    return hf.eval()
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from hf_compat import to_hf_model
+    return to_hf_model(model)
 
 
 def randomise_norms(model):
