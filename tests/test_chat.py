@@ -59,3 +59,16 @@ def test_download_fails_offline_with_one_sentence(tmp_path, monkeypatch, capsys)
     assert module["main"](["--dest", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: could not reach http://127.0.0.1:9") and len(err.splitlines()) == 1
+
+
+def test_reasoning_accuracy_tool_scores_with_the_generator_checker(trained, tmp_path, capsys):
+    import runpy
+    from scripts.gen_reasoning import check_answer, generate
+    problem = generate(1, seed=5)[0]
+    assert check_answer(problem["kind"], problem["expected"], f"<think>\n…\n</think>\n<answer>\n{problem['answer']}\n</answer>")
+    module = runpy.run_path(str(ROOT / "scripts" / "eval_reasoning.py"))
+    out = tmp_path / "r.json"
+    assert module["main"](["--save_dir", str(trained / "ckpt"), "--limit", "3", "--max_new_tokens", "8",
+                           "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 3 and 0 <= result["accuracy"] <= 1 and len(result["results"]) == 3
