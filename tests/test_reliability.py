@@ -115,3 +115,18 @@ def test_non_finite_steps_are_skipped_then_stop_with_source_lines(tmp_path, corp
     assert pretrain.main(run_args(tmp_path / "b", *common, "--max_bad_steps", "2")) == 2
     err = capsys.readouterr().err
     assert "2 optimiser steps in a row had a non-finite loss" in err and "pt.jsonl" in err
+
+
+def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path, corpus):
+    args = run_args(tmp_path, "--data_path", str(corpus), "--max_seq_len", "16", "--batch_size", "2",
+                    "--epochs", "50", "--val_path", "", "--accumulation_steps", "1", "--save_step", "100000")
+    proc = subprocess.Popen([sys.executable, "pretrain.py", *args], cwd=ROOT, env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    for line in proc.stdout:            # wait until training is under way
+        if "step 3/" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130
+    assert "stopped at step" in out and "--resume" in out
+    assert list((tmp_path / "ckpt" / "checkpoints" / "pretrain").glob("step_*.pt"))
