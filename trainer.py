@@ -107,25 +107,28 @@ def validate(cfg: TrainConfig):
         raise UserError(f"--val_path {cfg.val_path} does not exist.")
 
 
-def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
-    name = cfg.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+def resolve_device(device_name: str, dtype_name: str, training: bool = True) -> tuple[torch.device, torch.dtype]:
+    """--device/--dtype to torch objects. "auto" dtype: bf16 where the GPU supports it (else fp16);
+    on CPU bf16 for training when oneDNN has fast bf16 (AMX/AVX512-BF16), else fp32."""
+    name = "cuda" if device_name == "auto" and torch.cuda.is_available() else \
+        ("cpu" if device_name == "auto" else device_name)
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {cfg.device!r} is not a device torch knows (try cpu or cuda).") from None
+        raise UserError(f"--device {device_name!r} is not a device torch knows (try cpu or cuda).") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {cfg.device} was asked for but CUDA is not available here.")
-    dtype = cfg.dtype
+        raise UserError(f"--device {device_name} was asked for but CUDA is not available here.")
+    dtype = dtype_name
     if dtype == "auto":
         if device.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         else:
-            dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
+            dtype = "bfloat16" if training and cpu_has_fast_bf16() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {dtype!r} is not one of: auto, float32, bfloat16, float16.")
     if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--dtype bfloat16 is not supported by this GPU; use --dtype float16.")
-    if dtype == "float16" and device.type == "cpu":
+    if dtype == "float16" and device.type == "cpu" and training:
         raise UserError("--dtype float16 is for GPUs; on CPU use bfloat16 or float32.")
     return device, getattr(torch, dtype)
 
@@ -360,7 +363,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg, self.resume = cfg, resume
         self.dist = init_distributed(cfg.device)
-        self.device, self.dtype = resolve_device(cfg)
+        self.device, self.dtype = resolve_device(cfg.device, cfg.dtype)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.log = RunLog(cfg, self.dist.main)

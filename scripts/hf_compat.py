@@ -231,19 +231,9 @@ def xiaoxin_from_hf(hf_dir_or_model) -> XiaoXin:
 # ---------------------------------------------------------------- one interface for scoring
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device torch knows (try cpu or cuda).") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} was asked for but CUDA is not available here.")
-    if dtype == "auto":
-        dtype = "bfloat16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {dtype!r} is not one of: auto, float32, bfloat16, float16.")
-    return dev, getattr(torch, dtype)
+    """The trainer's --device/--dtype rules, for inference (auto on CPU is float32)."""
+    from trainer import resolve_device as resolve
+    return resolve(device, dtype, training=False)
 
 
 class ScoringLM:
