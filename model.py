@@ -107,19 +107,17 @@ class Attention(nn.Module):
             q = q.view(B, self.n_kv_heads, group, self.head_dim)
             out = F.scaled_dot_product_attention(q, k, v)
             return self.o_proj(out.reshape(B, 1, -1))
-        if self.n_kv_heads != self.n_heads:
-            # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads.
-            group = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(group, dim=1)
-            v = v.repeat_interleave(group, dim=1)
+        # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads;
+        # enable_gqa lets the kernel share them instead of copying K/V once per query head.
+        gqa = self.n_kv_heads != self.n_heads
         if start_pos == 0:
             # Whole prefix at once: plain causal attention, no T × T mask materialised.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             # A chunk appended to a cache: query i sees keys up to start_pos + i.
             kv_len = k.shape[2]
             mask = torch.ones(T, kv_len, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -165,3 +165,21 @@ def test_invalid_utf8_and_empty_file(tmp_path, tokenizer):
     empty.write_text("")
     with pytest.raises(DataError, match="empty.jsonl is empty"):
         build_token_cache(empty, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
+
+
+def test_real_minimind_sample_lines_load(tmp_path, tokenizer):
+    """Compatibility with the real MiniMind files (two real lines each, from ../shared; skipped without it)."""
+    from conftest import SHARED
+    samples = SHARED / "minimind_samples"
+    if not samples.is_dir():
+        pytest.skip("../shared/data is absent")
+    pre = make_dataset(samples / "sample_pretrain_hq.jsonl", "pretrain", tokenizer, tmp_path, seq_len=512, quiet=True)
+    stream = np.asarray(pre.cache.tokens)
+    assert (stream == tokenizer.im_end_id).sum() > 2          # its literal <|im_end|> separators became tokens
+    assert "<|im_end|>" not in tokenizer.decode(stream[stream != tokenizer.im_end_id])
+    sft = make_dataset(samples / "sample_sft_mini_512.jsonl", "sft", tokenizer, tmp_path, seq_len=512, quiet=True)
+    records = [json.loads(line) for line in (samples / "sample_sft_mini_512.jsonl").read_text(encoding="utf-8").splitlines()]
+    b = sft.batch(np.arange(sft.num_samples))
+    for row, record in enumerate(records):
+        expected = "".join(m["content"] + "<|im_end|>" for m in record["conversations"] if m["role"] == "assistant")
+        assert tokenizer.decode(b.targets[row][b.loss_mask[row] > 0]) == expected
