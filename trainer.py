@@ -421,7 +421,7 @@ class Trainer:
         self.raw_model = model.to(self.device)
         self.optimizer = configure_optimizer(self.raw_model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.step, self.history_loaded = 0, False
+        self.step = 0
         if self.resume:
             self.load_resume_state()
         self.model = self.raw_model
@@ -516,13 +516,11 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = ckpt["step"]
-        consumed = self.step * ckpt["accumulation_steps"] * ckpt["world_size"]
         if ckpt["accumulation_steps"] * ckpt["world_size"] != self.cfg.accumulation_steps * self.dist.world:
             raise UserError(f"cannot resume from {path}: it used accumulation {ckpt['accumulation_steps']} × "
                             f"world size {ckpt['world_size']}; keep that product the same "
                             f"(e.g. --accumulation_steps {ckpt['accumulation_steps'] * ckpt['world_size'] // self.dist.world}) "
                             f"so the run sees the same batches.")
-        assert consumed >= 0
         self.log.history.update(ckpt.get("history", {}))
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"]); np.random.set_state(rng["numpy"]); random.setstate(rng["python"])
