@@ -88,10 +88,11 @@ def to_hf_model(model: XiaoXin, **token_ids):
     """A LlamaForCausalLM (eval mode, XiaoXin's dtype) holding a copy of `model`'s weights."""
     from transformers import LlamaForCausalLM
     hf = LlamaForCausalLM(llama_config(model.config, **token_ids))
-    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
-    allowed_missing = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    if unexpected or set(missing) - allowed_missing:
-        raise RuntimeError(f"XiaoXin → HF weight mapping is incomplete: missing {missing}, unexpected {unexpected}")
+    state = to_hf_state_dict(model)
+    if model.config.tie_word_embeddings:
+        # The in-memory HF model lists the tied head under both names; give it both, then load strictly.
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    hf.load_state_dict(state, strict=True)
     if model.config.tie_word_embeddings:
         hf.tie_weights()
     return hf.to(next(model.parameters()).dtype).eval()
