@@ -7,7 +7,7 @@ for one run, e.g. `python pretrain.py --batch_size 16 --learning_rate 3e-4`.
 `DEMO` is the profile used when the real dataset is absent and the bundled demo
 data under data/demo/ is trained instead (explicit flags still win).
 """
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, asdict, replace
 
 
 @dataclass

@@ -129,15 +129,28 @@ class ThinkPrinter:
         self.out.flush()
 
 
-def parse_args(argv):
-    g = Config.GENERATION
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_checkpoint_args(p):
+    """The flags that pick and load a checkpoint (shared with scripts/serve.py)."""
     p.add_argument("--stage", choices=STAGE_ORDER[::-1], default=None, help="default: the latest stage present")
     p.add_argument("--model", default=None, help="expected model size (checked against the checkpoint)")
     p.add_argument("--save_dir", default="out")
     p.add_argument("--tokenizer_dir", default="XiaoXin_tokenizer")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+def open_chat(args) -> tuple["Chat", Path]:
+    """Check --model, find the stage checkpoint and load it; raises UserError with one sentence."""
+    if args.model and args.model not in Config.MODELS:
+        raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
+    checkpoint = find_stage_checkpoint(args.save_dir, args.stage)
+    return Chat(checkpoint, args.tokenizer_dir, args.device, args.dtype, args.model), checkpoint
+
+
+def parse_args(argv):
+    g = Config.GENERATION
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_args(p)
     p.add_argument("--temperature", type=float, default=g["temperature"])
     p.add_argument("--top_p", type=float, default=g["top_p"])
     p.add_argument("--top_k", type=int, default=g["top_k"])
@@ -156,13 +169,10 @@ def main(argv=None) -> int:
     except SystemExit as e:
         return 2 if e.code else 0
     try:
-        if args.model and args.model not in Config.MODELS:
-            raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
         if args.temperature < 0 or not (0 < args.top_p <= 1) or args.repetition_penalty <= 0 or args.max_new_tokens < 1:
             raise UserError("--temperature must be ≥ 0, --top_p in (0, 1], --repetition_penalty > 0 and "
                             "--max_new_tokens ≥ 1.")
-        checkpoint = find_stage_checkpoint(args.save_dir, args.stage)
-        chat = Chat(checkpoint, args.tokenizer_dir, args.device, args.dtype, args.model)
+        chat, checkpoint = open_chat(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

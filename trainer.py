@@ -9,7 +9,6 @@ overridden by command-line flags. Runs on CPU, one GPU, or many under torchrun (
 import argparse
 import contextlib
 import dataclasses
-import glob
 import json
 import math
 import os

@@ -28,11 +28,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from Config import model_config  # noqa: E402
 from model import XiaoXin  # noqa: E402
-from trainer import PEAK_TFLOPS, flops_per_token, peak_flops, token_loss_sum  # noqa: E402
+from trainer import flops_per_token, peak_flops, token_loss_sum  # noqa: E402
 
 
 def hf_twin(model: XiaoXin):

@@ -35,7 +35,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 import uvicorn  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
@@ -48,7 +47,7 @@ from starlette.staticfiles import StaticFiles  # noqa: E402
 
 import Config  # noqa: E402
 from dataset import render_chat  # noqa: E402
-from eval_model import STAGE_ORDER, Chat, find_stage_checkpoint  # noqa: E402
+from eval_model import Chat, add_checkpoint_args, open_chat  # noqa: E402
 from trainer import UserError  # noqa: E402
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -442,12 +441,7 @@ class BackgroundServer:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="expected model size (checked against the checkpoint)")
-    p.add_argument("--save_dir", default="out")
-    p.add_argument("--stage", choices=STAGE_ORDER[::-1], default=None, help="default: the latest stage present")
-    p.add_argument("--tokenizer_dir", default="XiaoXin_tokenizer")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add_checkpoint_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; the API has no authentication")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served_model_name", default=None, help="the id /v1/models lists (default: xiaoxin-<stage>)")
@@ -460,13 +454,10 @@ def main(argv=None) -> int:
     except SystemExit as e:
         return 2 if e.code else 0
     try:
-        if args.model and args.model not in Config.MODELS:
-            raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
         if not 0 <= args.port <= 65535:
             raise UserError(f"--port {args.port} is out of range; use 1-65535 (or 0 for any free port).")
         sock = bind_socket(args.host, args.port)
-        checkpoint = find_stage_checkpoint(args.save_dir, args.stage)
-        chat = Chat(checkpoint, args.tokenizer_dir, args.device, args.dtype, args.model)
+        chat, checkpoint = open_chat(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
