@@ -728,8 +728,13 @@ class Trainer:
         self.log.close()
         if self.steps_file is not None:
             self.steps_file.close()
-        if self.dist.enabled:
-            torch.distributed.destroy_process_group()
+        if self.dist.enabled and torch.distributed.is_initialized():
+            # Wait for rank 0 to finish writing before any rank tears the group down: a rank that
+            # leaves early makes gloo abort the others ("connection closed by peer").
+            try:
+                torch.distributed.barrier()
+            finally:
+                torch.distributed.destroy_process_group()
 
 
 class CompileOrEager:
