@@ -52,14 +52,26 @@ def rope_tables(head_dim: int, max_len: int, theta: float):
 
 
 def rotate_half(x):
+    """(x1, x2) -> (-x2, x1): the LLaMA/HF convention, kept for reference and tests."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
 def apply_rope(x, cos, sin):
-    # x: B × H × T × D; cos/sin: T × D (fp32 tables cast to the activation dtype, as HF does).
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    """x * cos + rotate_half(x) * sin, written out per half.
+
+    Both halves of the cos/sin tables are equal (rope_tables concatenates the
+    frequencies twice), so this is the same arithmetic as HF's rotate-half form,
+    bit for bit (a + (-b) == a - b in IEEE). It is written this way because
+    torch.compile (inductor, CPU, torch 2.13) produces NaN gradients for the
+    chunk/neg/cat of rotate_half under bf16 autocast; this form compiles cleanly
+    and is equally fast (notes/speed.md).
+    x: B × H × T × D; cos/sin: T × D fp32 tables, cast to the activation dtype as HF does.
+    """
+    half = x.shape[-1] // 2
+    cos, sin = cos[..., :half].to(x.dtype), sin[..., :half].to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class KVCache:
