@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
 import signal
 import sys
@@ -153,12 +154,29 @@ def save_atomic(obj, path: Path):
     os.replace(tmp, path)
 
 
+def numpy_rng_state():
+    """numpy's global RNG state as plain Python values, so checkpoints hold no numpy objects
+    and load with torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return [name, keys.tolist(), pos, has_gauss, cached]
+
+
+def set_numpy_rng_state(state):
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
 def load_checkpoint(path, config: LLMConfig | None = None, tokenizer_hash: str | None = None) -> dict:
+    """Read a XiaoXin checkpoint with weights_only=True: tensors and plain data only, so a
+    checkpoint someone hands you cannot run code when loaded."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"checkpoint {path} holds objects other than tensors and plain data "
+                        f"({str(e).splitlines()[0][:160]}); refusing to unpickle it.") from None
     except Exception as e:
         raise UserError(f"checkpoint {path} could not be read ({type(e).__name__}); it may be truncated.") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
@@ -490,7 +508,7 @@ class Trainer:
             "step": self.step, "micro_batches_done": epoch_micro, "world_size": self.dist.world,
             "accumulation_steps": self.cfg.accumulation_steps, "plan": self.plan_signature(),
             "history": self.log.history, "train_config": dataclasses.asdict(self.cfg),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
         path = self.checkpoint_dir() / f"step_{self.step:07d}.pt"
@@ -522,7 +540,7 @@ class Trainer:
                             f"so the run sees the same batches.")
         self.log.history.update(ckpt.get("history", {}))
         rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"]); np.random.set_state(rng["numpy"]); random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"]); set_numpy_rng_state(rng["numpy"]); random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.log.print(f"resumed from {path} at step {self.step}")

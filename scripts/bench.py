@@ -7,9 +7,11 @@ shape, weights, data, dtype and machine, in one process. Prints a table and writ
 Sections:
   train   tokens/s of forward + backward + AdamW step, interleaved A B A B … (median of
           --pairs pairs): XiaoXin eager and as the trainer runs it, HF eager and compiled.
-          MFU on GPU (6 × matmul params + attention FLOPs per token; peak from a table).
+          MFU on GPU (6 × matmul params + attention FLOPs per token; peak from a table), and
+          on any device the share of the matmul rate measured on the model's own shapes.
   decode  batch-1 greedy decoding of --new_tokens after a --prompt_len prompt; checks that
-          both produce identical tokens; reports the memory-bandwidth bound on CPU.
+          both produce identical tokens; reports the memory-bandwidth bound and the
+          matmul-only roof (the model's weights as batch-1 products, nothing else).
   data    padding share of length-bucketed SFT batches vs pad-to-max-length, and token
           cache build speed (first build vs reuse).
   e2e     the real pretrain.py loop (data loading included) vs the model-only number.
@@ -21,12 +23,14 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from Config import model_config  # noqa: E402
@@ -43,6 +47,28 @@ def hf_twin(model: XiaoXin):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def linear_weights(model: XiaoXin):
+    """The weight of every nn.Linear in forward order (per layer q k v o gate up down, then lm_head)."""
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def time_matmuls(weights, rows: int, dtype, device, repeats: int) -> float:
+    """Seconds for one pass of x @ W.T over all `weights` with `rows` input rows: the best of
+    `repeats`, since this is a roof (on shared CPUs single passes vary by 2×)."""
+    ws = [w.detach().to(device, dtype) for w in weights]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1], device=device, dtype=dtype) for w in ws}
+
+    def one_pass():
+        for w in ws:
+            xs[w.shape[1]] @ w.t()
+    one_pass(); sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter(); one_pass(); sync(device)
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 class TrainSystem:
@@ -111,17 +137,26 @@ def bench_train(args, device, results):
             samples[s.name].append(s.timed(args.steps))
     peak, device_name = peak_flops(device)
     fpt = flops_per_token(config, args.seq_len)
+    # What this device actually achieves on the model's own matmul shapes (forward GEMMs of
+    # one batch, in the training dtype): a measured roof that also works where no datasheet
+    # peak exists (CPUs). FLOPs of a pass: 2 × rows × matmul parameters.
+    weights = linear_weights(base)
+    rows_n = args.batch_size * args.seq_len
+    mm_s = time_matmuls(weights, rows_n, dtype, device, repeats=10)
+    matmul_rate = 2 * rows_n * sum(w.numel() for w in weights) / mm_s
     rows = {}
     for s in systems:
         tok_s = statistics.median(samples[s.name])
         rows[s.name] = {"tokens_per_s": tok_s, "warmup_s": s.warmup_seconds,
-                        "mfu": tok_s * fpt / peak if peak else None}
+                        "mfu": tok_s * fpt / peak if peak else None,
+                        "of_matmul_rate": tok_s * fpt / matmul_rate}
     ref = rows.get("hf-eager", {}).get("tokens_per_s")
     for r in rows.values():
         r["vs_hf_eager"] = r["tokens_per_s"] / ref if ref else None
     results["train"] = {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
                         "dtype": args.dtype, "pairs": args.pairs, "flops_per_token": fpt,
-                        "peak_flops": peak, "device_name": device_name, "systems": rows}
+                        "peak_flops": peak, "device_name": device_name,
+                        "measured_matmul_flops_per_s": matmul_rate, "systems": rows}
 
 
 def measure_bandwidth(device) -> float:
@@ -175,13 +210,19 @@ def bench_decode(args, device, results):
     compiled_tps = statistics.median(times["xiaoxin-compiled"])
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     bw = measure_bandwidth(device)
+    # Matmul-only roof: the model's own weight matrices as batch-1 products, back to back,
+    # with nothing else (no attention, norms, sampling, Python). No decoder can beat this.
+    roof = 1.0 / time_matmuls(linear_weights(ours), 1, dtype, device, repeats=100)
     results["decode"] = {"dtype": args.decode_dtype, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                          "identical_tokens": identical, "xiaoxin_tokens_per_s": ours_tps, "hf_tokens_per_s": hf_tps,
                          "ratio": ours_tps / hf_tps, "xiaoxin_compiled_tokens_per_s": compiled_tps,
                          "compiled_ratio": compiled_tps / hf_tps, "compile_s": compile_s,
                          "weight_bytes": weight_bytes, "bandwidth_bytes_per_s": bw,
                          "bandwidth_bound_tokens_per_s": bw / weight_bytes,
-                         "fraction_of_bound": max(ours_tps, compiled_tps) / (bw / weight_bytes)}
+                         "fraction_of_bound": max(ours_tps, compiled_tps) / (bw / weight_bytes),
+                         "matmul_roof_tokens_per_s": roof,
+                         "fraction_of_matmul_roof": {"xiaoxin": ours_tps / roof, "xiaoxin-compiled": compiled_tps / roof,
+                                                     "hf": hf_tps / roof}}
 
 
 def bench_data(args, results):
@@ -189,15 +230,22 @@ def bench_data(args, results):
     tok = load_tokenizer(ROOT / "XiaoXin_tokenizer")
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path, seq_len in (("sft_512", ROOT / "data/demo/sft_512.jsonl", 512),
-                                    ("sft_1024", ROOT / "data/demo/sft_1024.jsonl", 1024),
-                                    ("r1_mix_1024", ROOT / "data/demo/r1_mix_1024.jsonl", 1024)):
+        for name, path, seq_len, batch in (("sft_512", ROOT / "data/demo/sft_512.jsonl", 512, 32),
+                                           ("sft_1024", ROOT / "data/demo/sft_1024.jsonl", 1024, 16),
+                                           ("r1_mix_1024", ROOT / "data/demo/r1_mix_1024.jsonl", 1024, 16)):
+            # Batch sizes are the stages' defaults (Config.py: sft 32, sft_long and distill 16).
             data = make_dataset(path, "sft", tok, tmp, seq_len, quiet=True)
-            ours = padding_fraction(data, epoch_batches(data, 32, 0, 0, bucket=True))
+            ours = padding_fraction(data, epoch_batches(data, batch, 0, 0, bucket=True))
             useful = data.lengths.sum()
             pad_to_max = 1 - useful / (data.num_samples * seq_len)
-            out[name] = {"conversations": int(data.num_samples), "bucketed_padding": ours,
-                         "pad_to_max_padding": float(pad_to_max)}
+            # The demo files hold a few hundred conversations, fewer than one sorting window
+            # (64 batches), so their buckets are coarse. A real file has 10^5–10^6: resample the
+            # demo's own length distribution to 100k conversations to see that regime.
+            big = types.SimpleNamespace(num_samples=100_000, lengths=np.random.default_rng(0).choice(
+                data.lengths, 100_000))
+            at_scale = padding_fraction(big, epoch_batches(big, batch, 0, 0, bucket=True))
+            out[name] = {"conversations": int(data.num_samples), "batch_size": batch, "bucketed_padding": ours,
+                         "bucketed_padding_at_100k": at_scale, "pad_to_max_padding": float(pad_to_max)}
         path = Path(args.cache_source)
         t = time.perf_counter()
         from dataset import build_token_cache
@@ -249,11 +297,17 @@ def print_table(results):
         t = results["train"]
         print(f"\ntraining: {t['model']} model, batch {t['batch_size']}×{t['seq_len']}, {t['dtype']}, "
               f"median of {t['pairs']} interleaved pairs, {t['device_name']}")
-        print(f"  {'system':18s} {'tokens/s':>10s} {'vs HF eager':>12s} {'MFU':>7s} {'warm-up s':>10s}")
+        print(f"  {'system':18s} {'tokens/s':>10s} {'vs HF eager':>12s} {'MFU':>7s} {'of matmul rate':>15s} "
+              f"{'warm-up s':>10s}")
         for name, r in t["systems"].items():
             mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
             ratio = f"{r['vs_hf_eager']:.2f}×" if r["vs_hf_eager"] else "-"
-            print(f"  {name:18s} {r['tokens_per_s']:10,.0f} {ratio:>12s} {mfu:>7s} {r['warmup_s']:10.1f}")
+            print(f"  {name:18s} {r['tokens_per_s']:10,.0f} {ratio:>12s} {mfu:>7s} {r['of_matmul_rate']:>15.0%} "
+                  f"{r['warmup_s']:10.1f}")
+        print(f"  MFU: {t['flops_per_token'] / 1e6:.1f} MFLOP/token against "
+              + (f"{t['peak_flops'] / 1e12:.0f} TFLOP/s ({t['device_name']})" if t["peak_flops"] else
+                 "no datasheet peak for this device")
+              + f"; measured matmul rate on the model's shapes: {t['measured_matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s")
     if "decode" in results:
         d = results["decode"]
         print(f"\ndecoding: batch 1, greedy, {d['new_tokens']} tokens after {d['prompt_len']}, {d['dtype']}")
@@ -263,6 +317,9 @@ def print_table(results):
         print(f"  memory-bandwidth bound {d['bandwidth_bound_tokens_per_s']:.0f} tok/s "
               f"({d['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s over {d['weight_bytes'] / 1e6:.0f} MB of weights); "
               f"the faster xiaoxin reaches {d['fraction_of_bound']:.0%} of it")
+        f = d["fraction_of_matmul_roof"]
+        print(f"  matmul-only roof {d['matmul_roof_tokens_per_s']:.0f} tok/s (the model's weights as batch-1 products, "
+              f"nothing else): xiaoxin {f['xiaoxin']:.0%}, compiled {f['xiaoxin-compiled']:.0%}, hf {f['hf']:.0%}")
     if "data" in results:
         print("\ndata path:")
         for name, r in results["data"].items():
@@ -271,8 +328,9 @@ def print_table(results):
                       f"({r['build_mb_per_s']:.1f} MB/s, {r['build_tokens_per_s']:,.0f} tok/s, {r['cpu_threads']} threads); "
                       f"reuse {r['reuse_s'] * 1000:.0f} ms")
             else:
-                print(f"  {name}: padding {r['bucketed_padding']:.1%} bucketed vs {r['pad_to_max_padding']:.1%} "
-                      f"pad-to-max ({r['conversations']} conversations)")
+                print(f"  {name}: padding {r['bucketed_padding']:.1%} bucketed ({r['conversations']} conversations, "
+                      f"batch {r['batch_size']}), {r['bucketed_padding_at_100k']:.1%} at 100k conversations of the "
+                      f"same lengths, vs {r['pad_to_max_padding']:.1%} pad-to-max")
     if "e2e" in results:
         e = results["e2e"]
         frac = f" = {e['fraction']:.0%} of model-only" if e["fraction"] else ""

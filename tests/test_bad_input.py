@@ -90,6 +90,19 @@ def test_truncated_checkpoint_is_one_sentence(tmp_path, capsys):
     assert "could not be read" in capsys.readouterr().err
 
 
+class Payload:
+    """Stands in for any pickled object: unpickling it would import and run its class's code."""
+
+
+def test_checkpoint_with_code_objects_is_refused(tmp_path, capsys):
+    import torch
+    ckpt = tmp_path / "untrusted.pt"
+    torch.save({"model": {}, "config": {}, "extra": Payload()}, ckpt)
+    assert cli(tmp_path, SFT, "--init_from", str(ckpt)) == 2
+    err = capsys.readouterr().err
+    assert "holds objects other than tensors and plain data" in err and str(ckpt) in err
+
+
 def test_unknown_flag_and_value(tmp_path, capsys):
     assert cli(tmp_path, pretrain, "--no_such_flag", "1") == 2
     assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
