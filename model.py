@@ -38,9 +38,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        # x · rsqrt(mean(x²) + eps) in fp32, rounded to x's dtype, then scaled: HF's arithmetic.
+        # F.rms_norm is one fused kernel instead of six small ops, which matters when decoding
+        # one token at a time (notes/speed.md); on fp32 it gives the same bits as the spelled-out form.
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float):
@@ -69,7 +70,12 @@ def apply_rope(x, cos, sin):
     x: B × H × T × D; cos/sin: T × D fp32 tables, cast to the activation dtype as HF does.
     """
     half = x.shape[-1] // 2
-    cos, sin = cos[..., :half].to(x.dtype), sin[..., :half].to(x.dtype)
+    return rope_halves(x, cos[..., :half].to(x.dtype), sin[..., :half].to(x.dtype))
+
+
+def rope_halves(x, cos, sin):
+    """The rotation itself, given the first half of the tables already in x's dtype."""
+    half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
@@ -111,14 +117,6 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, start_pos, k, v)
-        if T == 1 and start_pos > 0:
-            # Decoding one token: the query heads of a group share K/V, so fold the group into
-            # the query-length axis and attend without copying the cache per head (no mask needed:
-            # the single new token may see every cached position).
-            group = self.n_heads // self.n_kv_heads
-            q = q.view(B, self.n_kv_heads, group, self.head_dim)
-            out = F.scaled_dot_product_attention(q, k, v)
-            return self.o_proj(out.reshape(B, 1, -1))
         # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads;
         # enable_gqa lets the kernel share them instead of copying K/V once per query head.
         gqa = self.n_kv_heads != self.n_heads
@@ -133,19 +131,31 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
-    def decode_static(self, x, cos, sin, cache: KVCache, pos, visible):
-        """One token at tensor position `pos` against the whole fixed-size cache, with `visible`
-        masking positions not yet written: every shape is static, so torch.compile builds one
-        graph for a whole generation instead of one per position."""
-        B = x.shape[0]
-        q = self.q_proj(x).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, 1, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, 1, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        keys, values = cache.k[self.layer_index], cache.v[self.layer_index]
-        keys.index_copy_(2, pos, k)
-        values.index_copy_(2, pos, v)
-        q = q.view(B, self.n_kv_heads, self.n_heads // self.n_kv_heads, self.head_dim)
+    def decode(self, x, cos, sin, cache: KVCache, pos, visible=None):
+        """One new token per row (x: B × 1 × C), the same arithmetic as forward() in fewer ops.
+
+        At batch 1 the weights are read once per token and everything else is per-op overhead,
+        so this path is lean: the three projections land side by side and q and k rotate in
+        one call. cos/sin: the first half of the tables at this position, in x's dtype.
+        pos is an int ("dynamic": attend over the filled part of the cache) or a 1-element
+        tensor with `visible` masking unwritten positions ("static": every shape fixed, so
+        torch.compile builds one graph for a whole generation instead of one per position).
+        """
+        B, H, KV = x.shape[0], self.n_heads, self.n_kv_heads
+        qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1).view(B, H + 2 * KV, self.head_dim)
+        qk = rope_halves(qkv[:, :H + KV], cos, sin)
+        k, v = qk[:, H:], qkv[:, H + KV:]
+        if visible is None:
+            cache.k[self.layer_index, :, :, pos] = k
+            cache.v[self.layer_index, :, :, pos] = v
+            keys = cache.k[self.layer_index, :, :, :pos + 1]
+            values = cache.v[self.layer_index, :, :, :pos + 1]
+        else:
+            keys, values = cache.k[self.layer_index], cache.v[self.layer_index]
+            keys.index_copy_(2, pos, k.unsqueeze(2))
+            values.index_copy_(2, pos, v.unsqueeze(2))
+        # The query heads of a group share K/V: fold the group into the query-length axis.
+        q = qk[:, :H].view(B, KV, H // KV, self.head_dim)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
         return self.o_proj(out.reshape(B, 1, -1))
 
@@ -173,6 +183,10 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, start_pos=0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def decode(self, x, cos, sin, cache, pos, visible=None):
+        x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, cache, pos, visible)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -220,13 +234,23 @@ class XiaoXin(nn.Module):
         self.decode_mode = mode
         self._decode_fn = torch.compile(self._decode_static, dynamic=False) if mode == "compiled" else self._decode_static
 
+    def _decode(self, token, pos: int, cache: KVCache):
+        """Logits (B × V, fp32) for one new token per row at position pos, read from and written to cache."""
+        x = self.embed_tokens(token)
+        half = self.config.head_dim // 2
+        cos, sin = self.rope_cos[pos, :half].to(cache.k.dtype), self.rope_sin[pos, :half].to(cache.k.dtype)
+        for layer in self.layers:
+            x = layer.decode(x, cos, sin, cache, pos)
+        return self.lm_head(self.norm(x))[:, -1].float()
+
     def _decode_static(self, token, pos, cache: KVCache):
-        cos, sin = self.rope_cos.index_select(0, pos), self.rope_sin.index_select(0, pos)
+        half = self.config.head_dim // 2
+        cos = self.rope_cos[:, :half].index_select(0, pos).to(cache.k.dtype)
+        sin = self.rope_sin[:, :half].index_select(0, pos).to(cache.k.dtype)
         visible = (torch.arange(cache.max_len, device=token.device) <= pos).view(1, -1)
         x = self.embed_tokens(token)
         for layer in self.layers:
-            x = x + layer.self_attn.decode_static(layer.input_layernorm(x), cos, sin, cache, pos, visible)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = layer.decode(x, cos, sin, cache, pos, visible)
         return self.lm_head(self.norm(x))[:, -1].float()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -303,7 +327,7 @@ class XiaoXin(nn.Module):
                 position = torch.tensor([pos], device=input_ids.device)
                 logits = self._decode_fn(next_token.view(B, 1), position, cache)
             else:
-                logits = self(next_token.view(B, 1), cache=cache, start_pos=pos, last_only=True).logits[:, -1].float()
+                logits = self._decode(next_token.view(B, 1), pos, cache)
 
 
 def sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator):
