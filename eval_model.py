@@ -39,7 +39,7 @@ class Chat:
     """A loaded model + tokenizer that turns a message list into a streamed reply."""
 
     def __init__(self, checkpoint: Path, tokenizer_dir, device: str = "auto", dtype: str = "auto",
-                 model_name: str | None = None):
+                 model_name: str | None = None, compile: str = "off"):
         try:
             self.tok = load_tokenizer(tokenizer_dir if Path(tokenizer_dir).is_dir() else ROOT / tokenizer_dir)
         except DataError as e:
@@ -51,6 +51,11 @@ class Chat:
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.model = model.to(self.device, getattr(torch, dtype)).eval()
+        if compile == "on" or (compile == "auto" and self.device.type == "cuda"):
+            # One fixed-shape decode step under torch.compile: fewer per-token overheads after a
+            # one-off compilation (about a minute on CPU, cached on disk for later runs), so
+            # auto leaves it off on CPU where a short chat would not win the time back.
+            self.model.set_decode_mode("compiled", warn=lambda msg: print(msg, file=sys.stderr))
         self.stage = ckpt.get("stage", "")
         self.max_len = model.config.max_seq_len
         self.eos = [self.tok.im_end_id, self.tok.pad_id]
@@ -137,6 +142,8 @@ def add_checkpoint_args(p):
     p.add_argument("--tokenizer_dir", default="XiaoXin_tokenizer")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="compile the per-token decode step: auto = on CUDA only (notes/speed.md)")
 
 
 def open_chat(args) -> tuple["Chat", Path]:
@@ -144,7 +151,7 @@ def open_chat(args) -> tuple["Chat", Path]:
     if args.model and args.model not in Config.MODELS:
         raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
     checkpoint = find_stage_checkpoint(args.save_dir, args.stage)
-    return Chat(checkpoint, args.tokenizer_dir, args.device, args.dtype, args.model), checkpoint
+    return Chat(checkpoint, args.tokenizer_dir, args.device, args.dtype, args.model, args.compile), checkpoint
 
 
 def parse_args(argv):

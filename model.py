@@ -79,21 +79,27 @@ def rope_halves(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+STATIC_SPAN = 256   # static decoding attends over the first multiple of this many cache slots
+
+
 class KVCache:
     """Keys and values for every layer, allocated once for a whole generate() call
     (growing them with torch.cat each token would copy the cache T times)."""
 
     def __init__(self, config: LLMConfig, batch_size: int, max_len: int, device, dtype):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
+        # One tensor per layer rather than one stacked tensor: under torch.compile a write into a
+        # slice of a shared buffer is functionalised into a copy of the whole buffer per layer
+        # (64 MB per token for the default model), while a write into its own input is done in place.
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.max_len, self.dtype = max_len, dtype
 
     def update(self, layer: int, start: int, k, v):
         end = start + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class Attention(nn.Module):
@@ -137,22 +143,25 @@ class Attention(nn.Module):
         so this path is lean: the three projections land side by side and q and k rotate in
         one call. cos/sin: the first half of the tables at this position, in x's dtype.
         pos is an int ("dynamic": attend over the filled part of the cache) or a 1-element
-        tensor with `visible` masking unwritten positions ("static": every shape fixed, so
-        torch.compile builds one graph for a whole generation instead of one per position).
+        tensor with `visible` (1 × span) masking the unwritten positions of the first `span`
+        ("static": shapes change only when span steps up, so torch.compile builds a few
+        graphs for a whole generation instead of one per position).
         """
         B, H, KV = x.shape[0], self.n_heads, self.n_kv_heads
         qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1).view(B, H + 2 * KV, self.head_dim)
         qk = rope_halves(qkv[:, :H + KV], cos, sin)
         k, v = qk[:, H:], qkv[:, H + KV:]
         if visible is None:
-            cache.k[self.layer_index, :, :, pos] = k
-            cache.v[self.layer_index, :, :, pos] = v
-            keys = cache.k[self.layer_index, :, :, :pos + 1]
-            values = cache.v[self.layer_index, :, :, :pos + 1]
+            cache.k[self.layer_index][:, :, pos] = k
+            cache.v[self.layer_index][:, :, pos] = v
+            keys = cache.k[self.layer_index][:, :, :pos + 1]
+            values = cache.v[self.layer_index][:, :, :pos + 1]
         else:
             keys, values = cache.k[self.layer_index], cache.v[self.layer_index]
-            keys.index_copy_(2, pos, k.unsqueeze(2))
-            values.index_copy_(2, pos, v.unsqueeze(2))
+            keys[:, :, pos] = k.unsqueeze(2)
+            values[:, :, pos] = v.unsqueeze(2)
+            span = visible.shape[-1]
+            keys, values = keys[:, :, :span], values[:, :, :span]
         # The query heads of a group share K/V: fold the group into the query-length axis.
         q = qk[:, :H].view(B, KV, H // KV, self.head_dim)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
@@ -224,29 +233,35 @@ class XiaoXin(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
-    def set_decode_mode(self, mode: str):
+    def set_decode_mode(self, mode: str, warn=None):
         """How generate() runs each new token: "dynamic" (eager, attention over the filled part
         of the cache), "static" (eager, fixed shapes) or "compiled" (static under torch.compile:
-        least Python overhead per token, after a one-off compilation)."""
+        least Python overhead per token, after a one-off compilation; falls back to "static"
+        with a message to `warn` if compilation fails). On CPU the compiled step also gets
+        inductor's C++ wrapper, which removes the Python call per kernel (notes/speed.md)."""
         if mode not in ("dynamic", "static", "compiled"):
             raise ValueError(f"unknown decode mode {mode!r}")
         self.decode_mode = mode
-        self._decode_fn = torch.compile(self._decode_static, dynamic=False) if mode == "compiled" else self._decode_static
+        self._decode_fn = self._decode_static
+        if mode == "compiled":
+            cpu = next(self.parameters()).device.type == "cpu"
+            self._decode_fn = CompileOrEager(self._decode_static, warn or print, dynamic=False,
+                                             options={"cpp_wrapper": True} if cpu else None)
 
     def _decode(self, token, pos: int, cache: KVCache):
         """Logits (B × V, fp32) for one new token per row at position pos, read from and written to cache."""
         x = self.embed_tokens(token)
         half = self.config.head_dim // 2
-        cos, sin = self.rope_cos[pos, :half].to(cache.k.dtype), self.rope_sin[pos, :half].to(cache.k.dtype)
+        cos, sin = self.rope_cos[pos, :half].to(cache.dtype), self.rope_sin[pos, :half].to(cache.dtype)
         for layer in self.layers:
             x = layer.decode(x, cos, sin, cache, pos)
         return self.lm_head(self.norm(x))[:, -1].float()
 
-    def _decode_static(self, token, pos, cache: KVCache):
+    def _decode_static(self, token, pos, cache: KVCache, span: int):
         half = self.config.head_dim // 2
-        cos = self.rope_cos[:, :half].index_select(0, pos).to(cache.k.dtype)
-        sin = self.rope_sin[:, :half].index_select(0, pos).to(cache.k.dtype)
-        visible = (torch.arange(cache.max_len, device=token.device) <= pos).view(1, -1)
+        cos = self.rope_cos[:, :half].index_select(0, pos).to(cache.dtype)
+        sin = self.rope_sin[:, :half].index_select(0, pos).to(cache.dtype)
+        visible = (torch.arange(span, device=token.device) <= pos).view(1, -1)
         x = self.embed_tokens(token)
         for layer in self.layers:
             x = layer.decode(x, cos, sin, cache, pos, visible)
@@ -324,9 +339,34 @@ class XiaoXin(nn.Module):
                 return
             if static:
                 position = torch.tensor([pos], device=input_ids.device)
-                logits = self._decode_fn(next_token.view(B, 1), position, cache)
+                # Attend over the cache in steps of STATIC_SPAN slots, not all max_seq_len of them.
+                span = min(cache.max_len, (pos // STATIC_SPAN + 1) * STATIC_SPAN)
+                logits = self._decode_fn(next_token.view(B, 1), position, cache, span)
             else:
                 logits = self._decode(next_token.view(B, 1), pos, cache)
+
+
+class CompileOrEager:
+    """torch.compile(fn, **kwargs), falling back to eager fn with a message to `warn` if
+    compilation fails on the first call (no C++ compiler, an unsupported platform or backend)."""
+
+    def __init__(self, fn, warn, **compile_kwargs):
+        self.eager, self.compiled, self.warn, self.works = fn, torch.compile(fn, **compile_kwargs), warn, None
+
+    def __call__(self, *args):
+        if self.works is False:
+            return self.eager(*args)
+        try:
+            out = self.compiled(*args)
+        except Exception as e:
+            if self.works:
+                raise
+            self.warn(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                      f"running eagerly. Pass --compile off to skip the attempt.")
+            self.works = False
+            return self.eager(*args)
+        self.works = True
+        return out
 
 
 def sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import Config
 from Config import LLMConfig, TrainConfig, model_config
 from dataset import DataError, epoch_batches, load_tokenizer, make_dataset, padding_fraction
-from model import XiaoXin
+from model import CompileOrEager, XiaoXin
 
 ROOT = Path(__file__).resolve().parent
 DATA_KIND = {"pretrain": "pretrain", "sft": "sft", "sft_long": "sft", "distill": "sft"}
@@ -450,7 +450,7 @@ class Trainer:
             return token_loss_sum(self.model(x).logits, y, mask)
         # Model and loss compile as one graph: the fp32 upcast and cross-entropy over the
         # 6400-way logits then fuse, which is most of what compile gains at this model size.
-        self.forward_loss = CompileOrEager(forward_loss, log) if self.compile_wanted() else forward_loss
+        self.forward_loss = CompileOrEager(forward_loss, log.print) if self.compile_wanted() else forward_loss
 
         n_params = self.raw_model.num_parameters()
         tokens_per_step = cfg.batch_size * cfg.accumulation_steps * self.dist.world * cfg.max_seq_len
@@ -753,29 +753,6 @@ class Trainer:
                 torch.distributed.barrier()
             finally:
                 torch.distributed.destroy_process_group()
-
-
-class CompileOrEager:
-    """torch.compile(fn), falling back to eager fn with a warning if compilation fails on the
-    first call (no C++ compiler, an unsupported platform or backend)."""
-
-    def __init__(self, fn, log: RunLog):
-        self.eager, self.compiled, self.log, self.works = fn, torch.compile(fn), log, None
-
-    def __call__(self, *args):
-        if self.works is False:
-            return self.eager(*args)
-        try:
-            out = self.compiled(*args)
-        except Exception as e:
-            if self.works:
-                raise
-            self.log.print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                           f"running eagerly. Pass --compile off to skip the attempt.")
-            self.works = False
-            return self.eager(*args)
-        self.works = True
-        return out
 
 
 def format_lines(lines, limit: int = 12) -> str:

@@ -72,3 +72,12 @@ def test_reasoning_accuracy_tool_scores_with_the_generator_checker(trained, tmp_
                            "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["n"] == 3 and 0 <= result["accuracy"] <= 1 and len(result["results"]) == 3
+
+
+def test_compile_flag_picks_the_decode_mode(trained):
+    """--compile auto leaves CPU chat eager (compiling costs more than a short chat gains);
+    on compiles the decode step (its tokens are tested in test_model.py)."""
+    load = lambda mode: eval_model.Chat(trained / "ckpt" / "sft.pt", ROOT / "XiaoXin_tokenizer", "cpu",
+                                        "float32", compile=mode).model.decode_mode
+    assert [load("auto"), load("off"), load("on")] == ["dynamic", "dynamic", "compiled"]
+    assert eval_model.main(["--save_dir", str(trained / "ckpt"), "--prompt", "hi", "--compile", "maybe"]) == 2

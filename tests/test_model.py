@@ -102,7 +102,7 @@ def test_decode_step_logits_equal_full_forward(static):
         for pos in range(9, 30):
             token = torch.randint(0, 500, (2, 1))
             if static:
-                logits = model._decode_static(token, torch.tensor([pos]), cache)
+                logits = model._decode_static(token, torch.tensor([pos]), cache, model.config.max_seq_len)
             else:
                 logits = model._decode(token, pos, cache)
             seq = torch.cat([seq, token], 1)
@@ -161,14 +161,48 @@ def test_sampling_filters_match_hf_processors():
     assert torch.equal(greedy, RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone()).argmax(-1))
 
 
-def test_static_decode_path_equals_dynamic():
-    """The fixed-shape decode step (what --compile uses for chat) yields the same tokens."""
+@pytest.mark.parametrize("span", [256, 8])
+def test_static_decode_path_equals_dynamic(span, monkeypatch):
+    """The fixed-shape decode step (what --compile uses for chat) yields the same tokens,
+    also when the attended span of the cache steps up during the generation."""
+    import model as model_module
+    monkeypatch.setattr(model_module, "STATIC_SPAN", span)
     model = trained_like_tiny()
     prompt = torch.randint(0, 500, (2, 7))
     dynamic = torch.stack(list(model.generate(prompt, 30, temperature=0)), 1)
     model.set_decode_mode("static")
     static = torch.stack(list(model.generate(prompt, 30, temperature=0)), 1)
     assert torch.equal(dynamic, static)
+
+
+def test_compiled_decode_equals_dynamic():
+    """`--compile on` for chat: the decode step under torch.compile (C++ wrapper on CPU) must
+    write the per-layer caches in place and give the same tokens as eager decoding."""
+    model = trained_like_tiny()
+    prompt = torch.randint(0, 500, (2, 7))
+    dynamic = torch.stack(list(model.generate(prompt, 20, temperature=0)), 1)
+    warnings = []
+    model.set_decode_mode("compiled", warn=warnings.append)
+    compiled = torch.stack(list(model.generate(prompt, 20, temperature=0)), 1)
+    assert warnings == [] and model._decode_fn.works
+    assert torch.equal(dynamic, compiled)
+
+
+def test_compiled_decode_falls_back_to_eager_when_compile_fails(monkeypatch):
+    import model as model_module
+
+    def broken_compile(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler found")
+        return fail
+    monkeypatch.setattr(model_module.torch, "compile", broken_compile)
+    model = trained_like_tiny()
+    prompt = torch.randint(0, 500, (1, 7))
+    dynamic = list(model.generate(prompt, 12, temperature=0))
+    warnings = []
+    model.set_decode_mode("compiled", warn=warnings.append)
+    assert list(model.generate(prompt, 12, temperature=0)) == dynamic
+    assert len(warnings) == 1 and "no C++ compiler found" in warnings[0] and "running eagerly" in warnings[0]
 
 
 def test_rope_equals_rotate_half_form_bitwise():
