@@ -242,26 +242,25 @@ class XiaoXin(nn.Module):
         if mode not in ("dynamic", "static", "compiled"):
             raise ValueError(f"unknown decode mode {mode!r}")
         self.decode_mode = mode
-        self._decode_fn = self._decode_static
+        self._decode_fn = self._decode
         if mode == "compiled":
             cpu = next(self.parameters()).device.type == "cpu"
-            self._decode_fn = CompileOrEager(self._decode_static, warn or print, dynamic=False,
+            self._decode_fn = CompileOrEager(self._decode, warn or print, dynamic=False,
                                              options={"cpp_wrapper": True} if cpu else None)
 
-    def _decode(self, token, pos: int, cache: KVCache):
-        """Logits (B × V, fp32) for one new token per row at position pos, read from and written to cache."""
-        x = self.embed_tokens(token)
+    def _decode(self, token, pos, cache: KVCache, span: int | None = None):
+        """Logits (B × V, fp32) for one new token per row, read from and written to cache.
+        Dynamic: pos is an int. Static (span given): pos is a 1-element tensor and attention
+        covers the first `span` cache slots with the unwritten ones masked, so the shapes stay
+        fixed while span does."""
         half = self.config.head_dim // 2
-        cos, sin = self.rope_cos[pos, :half].to(cache.dtype), self.rope_sin[pos, :half].to(cache.dtype)
-        for layer in self.layers:
-            x = layer.decode(x, cos, sin, cache, pos)
-        return self.lm_head(self.norm(x))[:, -1].float()
-
-    def _decode_static(self, token, pos, cache: KVCache, span: int):
-        half = self.config.head_dim // 2
-        cos = self.rope_cos[:, :half].index_select(0, pos).to(cache.dtype)
-        sin = self.rope_sin[:, :half].index_select(0, pos).to(cache.dtype)
-        visible = (torch.arange(span, device=token.device) <= pos).view(1, -1)
+        if span is None:
+            cos, sin, visible = self.rope_cos[pos, :half], self.rope_sin[pos, :half], None
+        else:
+            cos = self.rope_cos[:, :half].index_select(0, pos)
+            sin = self.rope_sin[:, :half].index_select(0, pos)
+            visible = (torch.arange(span, device=token.device) <= pos).view(1, -1)
+        cos, sin = cos.to(cache.dtype), sin.to(cache.dtype)
         x = self.embed_tokens(token)
         for layer in self.layers:
             x = layer.decode(x, cos, sin, cache, pos, visible)

@@ -102,7 +102,7 @@ def test_decode_step_logits_equal_full_forward(static):
         for pos in range(9, 30):
             token = torch.randint(0, 500, (2, 1))
             if static:
-                logits = model._decode_static(token, torch.tensor([pos]), cache, model.config.max_seq_len)
+                logits = model._decode(token, torch.tensor([pos]), cache, model.config.max_seq_len)
             else:
                 logits = model._decode(token, pos, cache)
             seq = torch.cat([seq, token], 1)
