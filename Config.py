@@ -2,10 +2,13 @@
 
 `LLMConfig` describes a model's shape (field names follow HuggingFace's `LlamaConfig`
 so export is a direct mapping). `MODELS` holds the named sizes chosen with `--model`.
-`STAGES` holds each training stage's defaults; command-line flags override them
-for one run, e.g. `python pretrain.py --batch_size 16 --learning_rate 3e-4`.
-`DEMO` is the profile used when the real dataset is absent and the bundled demo
-data under data/demo/ is trained instead (explicit flags still win).
+`STAGES` is the stage registry: for each training stage, in pipeline order, its data,
+the stages it starts from, its objective, its defaults (`train`; command-line flags
+override them for one run, e.g. `python pretrain.py --batch_size 16 --learning_rate 3e-4`)
+and its demo profile (`demo`, used when the real dataset is absent and the bundled demo
+data under data/demo/ is trained instead). Every list of stages in the code comes from it:
+adding a stage is one entry here and a script of a few lines (see trainer.py).
+`GENERATION` holds the sampling defaults of everything that generates text.
 """
 from dataclasses import dataclass, asdict, replace
 
@@ -62,11 +65,9 @@ def model_config(name: str) -> LLMConfig:
 @dataclass
 class TrainConfig:
     """Defaults for one training stage. Every field is also a command-line flag."""
-    stage: str
-    data_path: str
-    demo_data_path: str
-    init_from: str = ""                 # "" = previous stage in --save_dir (see trainer.PREVIOUS_STAGES)
+    data_path: str = ""
     val_path: str = ""
+    init_from: str = ""                 # "" = the first of the stage's starts_from found in --save_dir
     model: str = "default"
     save_dir: str = "out"
     log_dir: str = "log"
@@ -95,40 +96,63 @@ class TrainConfig:
     max_bad_steps: int = 10             # stop after this many non-finite steps in a row
     tracker: str = "swanlab"            # swanlab | none
     tokenizer_dir: str = "XiaoXin_tokenizer"
+    stage: str = ""                     # set from the STAGES key; not a flag
 
 
-STAGES = {
-    "pretrain": TrainConfig(stage="pretrain", data_path="dataset/pretrain_hq.jsonl",
-                            demo_data_path="data/demo/pretrain.jsonl",
-                            epochs=1, batch_size=32, learning_rate=5e-4, accumulation_steps=8,
-                            max_seq_len=512, warmup_iters=200),
-    "sft": TrainConfig(stage="sft", data_path="dataset/sft_512.jsonl",
-                       demo_data_path="data/demo/sft_512.jsonl",
-                       epochs=2, batch_size=32, learning_rate=2e-4, accumulation_steps=2,
-                       max_seq_len=512, warmup_iters=100),
-    "sft_long": TrainConfig(stage="sft_long", data_path="dataset/sft_1024.jsonl",
-                            demo_data_path="data/demo/sft_1024.jsonl",
-                            epochs=1, batch_size=16, learning_rate=1e-4, accumulation_steps=4,
-                            max_seq_len=1024, warmup_iters=50),
-    "distill": TrainConfig(stage="distill", data_path="dataset/r1_mix_1024.jsonl",
-                           demo_data_path="data/demo/r1_mix_1024.jsonl",
-                           epochs=1, batch_size=16, learning_rate=1e-4, accumulation_steps=4,
-                           max_seq_len=1024, warmup_iters=50),
+@dataclass
+class Stage:
+    """One training stage: everything the rest of the code needs to know about it."""
+    script: str                # the script that runs it (`python <script>`), named in messages
+    log_name: str              # log/<log_name>.log and log/<log_name>_steps.jsonl
+    data_kind: str             # how dataset.py reads its jsonl: "pretrain" ({"text"}) or "sft" ({"conversations"})
+    starts_from: tuple         # earlier stages whose weights it starts from, first found in --save_dir wins
+    loss: str                  # "module.function" of its objective (losses.py says what one looks like)
+    about: str                 # what its checkpoint is, for the exported model card
+    train: TrainConfig         # its defaults; flags override them for one run
+    demo: dict                 # applied on top of `train` when train.data_path is absent (explicit flags still win)
+    reasoning: bool = False    # replies are <think>…</think><answer>…</answer>; chat and serving show the parts apart
+
+
+# The embedded default (each stage's `demo`) is sized so the whole pipeline finishes in about ten
+# minutes on two CPU cores and still shows falling curves and recognisable answers.
+STAGES = {   # in pipeline order; the last stage present is the one eval_model.py chats with by default
+    "pretrain": Stage(
+        script="pretrain.py", log_name="Pretrain", data_kind="pretrain", starts_from=(),
+        loss="losses.cross_entropy",
+        about="pretrained base model (next-token prediction on plain text; not a chat model)",
+        train=TrainConfig(data_path="dataset/pretrain_hq.jsonl", epochs=1, batch_size=32, learning_rate=5e-4,
+                          accumulation_steps=8, max_seq_len=512, warmup_iters=200),
+        demo=dict(data_path="data/demo/pretrain.jsonl", val_path="data/demo/pretrain_val.jsonl", model="small",
+                  epochs=6, batch_size=8, accumulation_steps=1, learning_rate=3e-3, max_seq_len=256,
+                  warmup_iters=20, log_step=20, save_step=200)),
+    "sft": Stage(
+        script="SFT.py", log_name="SFT", data_kind="sft", starts_from=("pretrain",),
+        loss="losses.cross_entropy",
+        about="chat model after supervised fine-tuning on 512-token conversations",
+        train=TrainConfig(data_path="dataset/sft_512.jsonl", epochs=2, batch_size=32, learning_rate=2e-4,
+                          accumulation_steps=2, max_seq_len=512, warmup_iters=100),
+        demo=dict(data_path="data/demo/sft_512.jsonl", val_path="data/demo/sft_512_val.jsonl", model="small",
+                  epochs=6, batch_size=8, accumulation_steps=1, learning_rate=2e-3, max_seq_len=512,
+                  warmup_iters=20, log_step=20, save_step=200)),
+    "sft_long": Stage(
+        script="SFT_long.py", log_name="SFT_long", data_kind="sft", starts_from=("sft", "pretrain"),
+        loss="losses.cross_entropy",
+        about="chat model after supervised fine-tuning on conversations up to 1024 tokens",
+        train=TrainConfig(data_path="dataset/sft_1024.jsonl", epochs=1, batch_size=16, learning_rate=1e-4,
+                          accumulation_steps=4, max_seq_len=1024, warmup_iters=50),
+        demo=dict(data_path="data/demo/sft_1024.jsonl", val_path="data/demo/sft_1024_val.jsonl", model="small",
+                  epochs=2, batch_size=4, accumulation_steps=1, learning_rate=1e-3, max_seq_len=1024,
+                  warmup_iters=10, log_step=20, save_step=200)),
+    "distill": Stage(
+        script="distill.py", log_name="distill", data_kind="sft", starts_from=("sft_long", "sft", "pretrain"),
+        loss="losses.cross_entropy", reasoning=True,
+        about="reasoning chat model distilled from R1-style traces (`<think>…</think><answer>…</answer>`)",
+        train=TrainConfig(data_path="dataset/r1_mix_1024.jsonl", epochs=1, batch_size=16, learning_rate=1e-4,
+                          accumulation_steps=4, max_seq_len=1024, warmup_iters=50),
+        demo=dict(data_path="data/demo/r1_mix_1024.jsonl", val_path="data/demo/r1_mix_1024_val.jsonl",
+                  model="small", epochs=4, batch_size=8, accumulation_steps=1, learning_rate=1e-3,
+                  max_seq_len=1024, warmup_iters=10, log_step=20, save_step=200)),
 }
 
-# The embedded default: applied on top of a stage's defaults when its real data file
-# is absent. Sized so the whole four-stage pipeline finishes in about ten minutes on
-# two CPU cores and still shows falling curves and recognisable answers.
-DEMO = {
-    "pretrain": dict(model="small", epochs=6, batch_size=8, accumulation_steps=1, learning_rate=3e-3,
-                     max_seq_len=256, warmup_iters=20, log_step=20, save_step=200),
-    "sft": dict(model="small", epochs=6, batch_size=8, accumulation_steps=1, learning_rate=2e-3,
-                max_seq_len=512, warmup_iters=20, log_step=20, save_step=200),
-    "sft_long": dict(model="small", epochs=2, batch_size=4, accumulation_steps=1, learning_rate=1e-3,
-                     max_seq_len=1024, warmup_iters=10, log_step=20, save_step=200),
-    "distill": dict(model="small", epochs=4, batch_size=8, accumulation_steps=1, learning_rate=1e-3,
-                    max_seq_len=1024, warmup_iters=10, log_step=20, save_step=200),
-}
-
-# Sampling defaults shared by eval_model.py, the server and the HF export's generation_config.json.
+# Sampling defaults of model.generate, eval_model.py, the server and the HF export's generation_config.json.
 GENERATION = dict(temperature=0.7, top_p=0.85, top_k=0, max_new_tokens=512, repetition_penalty=1.0)

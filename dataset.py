@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +55,9 @@ class TokenizerInfo:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
-def file_sha256(path, limit: int | None = None) -> str:
-    h = hashlib.sha256()
+def file_sha256(path) -> str:
     with open(path, "rb") as f:
-        h.update(f.read() if limit is None else f.read(limit))
-    return h.hexdigest()
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def load_tokenizer(directory) -> TokenizerInfo:
@@ -326,6 +324,7 @@ class Batch:
     targets: np.ndarray       # B × T int64
     loss_mask: np.ndarray     # B × T float32 (1 where the target is trained on)
     lines: np.ndarray         # source line numbers of the records in this batch
+    extra: dict = field(default_factory=dict)   # further per-row/per-token arrays a stage's loss reads
 
     @property
     def num_loss_tokens(self) -> int:
@@ -361,17 +360,18 @@ class PretrainData:
 class ConversationData:
     """One conversation per row, truncated to L + 1 tokens, right-padded within a batch.
     Right padding needs no attention mask: under causal attention real tokens never see the
-    pad tokens that follow them, and pad positions carry no loss."""
+    pad tokens that follow them, and pad positions carry no loss. On a pretrain cache (no loss
+    mask) each document is a row with every target trained on: how data_doctor scores documents."""
 
-    def __init__(self, cache: TokenCache, seq_len: int, source: str = ""):
+    def __init__(self, cache: TokenCache, seq_len: int, source: str = "", require_loss_tokens: bool = True):
         self.cache, self.seq_len = cache, seq_len
         lengths = np.diff(cache.offsets)
-        self.lengths = np.minimum(lengths, seq_len + 1) - 1      # input tokens per sample
+        self.lengths = np.maximum(np.minimum(lengths, seq_len + 1) - 1, 0)      # input tokens per sample
         self.num_samples = len(lengths)
-        self.loss_tokens = self._count_loss_tokens()
+        self.loss_tokens = self.lengths if cache.loss_mask is None else self._count_loss_tokens()
         # A conversation truncated so far that no assistant token remains cannot teach anything.
         empty = np.flatnonzero(self.loss_tokens == 0)
-        if len(empty):
+        if len(empty) and require_loss_tokens:
             more = f" ({len(empty) - 1} other conversations too)" if len(empty) > 1 else ""
             raise DataError(f"{source or 'data'} line {cache.lines[empty[0]]}: the conversation is so long that no "
                             f"assistant token fits in --max_seq_len {seq_len}{more}; shorten it or raise --max_seq_len.")
@@ -398,7 +398,7 @@ class ConversationData:
             n = int(self.lengths[i])
             seq = np.asarray(self.cache.tokens[a: a + n + 1], dtype=np.int64)
             x[r, :n], y[r, :n] = seq[:-1], seq[1:]
-            m[r, :n] = self.cache.loss_mask[a + 1: a + n + 1]
+            m[r, :n] = 1.0 if self.cache.loss_mask is None else self.cache.loss_mask[a + 1: a + n + 1]
         return Batch(x, y, m, self.cache.lines[np.asarray(indices)])
 
 

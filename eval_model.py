@@ -16,23 +16,9 @@ from pathlib import Path
 import torch
 
 import Config
-from dataset import DataError, load_tokenizer, render_chat
-from trainer import ROOT, UserError, load_model, stage_weights
-
-STAGE_ORDER = ["distill", "sft_long", "sft", "pretrain"]   # latest first
-
-
-def find_stage_checkpoint(save_dir, stage: str | None) -> Path:
-    if stage:
-        path = stage_weights(save_dir, stage)
-        if not path.is_file():
-            raise UserError(f"--stage {stage}: {path} does not exist; train that stage first.")
-        return path
-    for s in STAGE_ORDER:
-        if stage_weights(save_dir, s).is_file():
-            return stage_weights(save_dir, s)
-    raise UserError(f"{save_dir} holds no trained stage ({', '.join(s + '.pt' for s in STAGE_ORDER)}); "
-                    f"run python pretrain.py (and the later stages) first, or pass --save_dir.")
+from checkpoint import (UserError, expected_config, find_stage_checkpoint, is_reasoning_stage, load_model,
+                        open_tokenizer, resolve_device, run_cli)
+from dataset import render_chat
 
 
 class Chat:
@@ -40,23 +26,17 @@ class Chat:
 
     def __init__(self, checkpoint: Path, tokenizer_dir, device: str = "auto", dtype: str = "auto",
                  model_name: str | None = None, compile: str = "off"):
-        try:
-            self.tok = load_tokenizer(tokenizer_dir if Path(tokenizer_dir).is_dir() else ROOT / tokenizer_dir)
-        except DataError as e:
-            raise UserError(str(e)) from None
-        expected = Config.model_config(model_name) if model_name else None
-        model, ckpt = load_model(checkpoint, expected, self.tok.hash)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
-        self.model = model.to(self.device, getattr(torch, dtype)).eval()
+        self.tok = open_tokenizer(tokenizer_dir)
+        model, ckpt = load_model(checkpoint, expected_config(model_name), self.tok.hash)
+        self.device, torch_dtype = resolve_device(device, dtype, training=False)
+        self.model = model.to(self.device, torch_dtype).eval()
         if compile == "on" or (compile == "auto" and self.device.type == "cuda"):
             # One fixed-shape decode step under torch.compile: fewer per-token overheads after a
             # one-off compilation (about a minute on CPU, cached on disk for later runs), so
             # auto leaves it off on CPU where a short chat would not win the time back.
             self.model.set_decode_mode("compiled", warn=lambda msg: print(msg, file=sys.stderr))
         self.stage = ckpt.get("stage", "")
+        self.reasoning = is_reasoning_stage(self.stage)     # replies are <think>…</think><answer>…</answer>
         self.max_len = model.config.max_seq_len
         self.eos = [self.tok.im_end_id, self.tok.pad_id]
 
@@ -72,21 +52,20 @@ class Chat:
                 return ids[-budget:]          # a single over-long message keeps its end
             rest = rest[2:] if len(rest) > 2 else rest[-1:]
 
-    def stream(self, messages, max_new_tokens=512, **sampling):
+    def stream(self, messages, max_new_tokens=Config.GENERATION["max_new_tokens"], **sampling):
         """Yield text pieces as they are decoded; the final <|im_end|> is not yielded."""
         yield from self.stream_ids(self.prompt_ids(messages, max_new_tokens), max_new_tokens, **sampling)
 
-    def stream_ids(self, ids, max_new_tokens=512, temperature=0.7, top_p=0.85, top_k=0, repetition_penalty=1.0,
-                   seed=None, stats=None, stopped=None):
-        """The decoding loop on prompt ids. `stats`, if given, gets completion_tokens and
+    def stream_ids(self, ids, max_new_tokens=Config.GENERATION["max_new_tokens"], seed=None, stats=None,
+                   stopped=None, **sampling):
+        """The decoding loop on prompt ids; `sampling` (temperature, top_p, top_k,
+        repetition_penalty) defaults to Config.GENERATION's. `stats`, if given, gets completion_tokens and
         finish_reason ("stop" at <|im_end|>, else "length"); `stopped()` is asked before each
         token is kept, so a reply nobody waits for ends early."""
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         x = torch.tensor([ids], device=self.device)
         out, printed = [], ""
-        for token in self.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                         repetition_penalty=repetition_penalty, eos_token_id=self.eos,
-                                         generator=generator):
+        for token in self.model.generate(x, max_new_tokens, eos_token_id=self.eos, generator=generator, **sampling):
             if token in self.eos:
                 if stats is not None:
                     stats.finish_reason = "stop"
@@ -109,16 +88,6 @@ class Chat:
         return "".join(self.stream(messages, **sampling))
 
 
-def split_reasoning(text: str) -> tuple[str, str]:
-    """('reasoning', 'answer') from '<think>…</think><answer>…</answer>'; tolerant of missing tags."""
-    if "<think>" not in text:
-        return "", text.replace("<answer>", "").replace("</answer>", "").strip()
-    after = text.split("<think>", 1)[1]
-    reasoning, _, answer = after.partition("</think>")
-    answer = answer.replace("<answer>", "").replace("</answer>", "")
-    return reasoning.strip(), answer.strip()
-
-
 class ThinkPrinter:
     """Prints a streamed reply, showing <think> content dimmed under a label."""
 
@@ -136,20 +105,18 @@ class ThinkPrinter:
 
 def add_checkpoint_args(p):
     """The flags that pick and load a checkpoint (shared with scripts/serve.py)."""
-    p.add_argument("--stage", choices=STAGE_ORDER[::-1], default=None, help="default: the latest stage present")
+    p.add_argument("--stage", choices=list(Config.STAGES), default=None, help="default: the latest stage present")
     p.add_argument("--model", default=None, help="expected model size (checked against the checkpoint)")
     p.add_argument("--save_dir", default="out")
     p.add_argument("--tokenizer_dir", default="XiaoXin_tokenizer")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                   help="compile the per-token decode step: auto = on CUDA only (notes/speed.md)")
+                   help="compile the per-token decode step: auto = on CUDA only (notes/LOG.md)")
 
 
 def open_chat(args) -> tuple["Chat", Path]:
-    """Check --model, find the stage checkpoint and load it; raises UserError with one sentence."""
-    if args.model and args.model not in Config.MODELS:
-        raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
+    """Find the stage checkpoint and load it (checked against --model); raises UserError with one sentence."""
     checkpoint = find_stage_checkpoint(args.save_dir, args.stage)
     return Chat(checkpoint, args.tokenizer_dir, args.device, args.dtype, args.model, args.compile), checkpoint
 
@@ -171,18 +138,14 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
-    try:
-        if args.temperature < 0 or not (0 < args.top_p <= 1) or args.repetition_penalty <= 0 or args.max_new_tokens < 1:
-            raise UserError("--temperature must be ≥ 0, --top_p in (0, 1], --repetition_penalty > 0 and "
-                            "--max_new_tokens ≥ 1.")
-        chat, checkpoint = open_chat(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(parse_args, chat_main, argv)
+
+
+def chat_main(args) -> int:
+    if args.temperature < 0 or not (0 < args.top_p <= 1) or args.repetition_penalty <= 0 or args.max_new_tokens < 1:
+        raise UserError("--temperature must be ≥ 0, --top_p in (0, 1], --repetition_penalty > 0 and "
+                        "--max_new_tokens ≥ 1.")
+    chat, checkpoint = open_chat(args)
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     top_k=args.top_k, repetition_penalty=args.repetition_penalty)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -202,8 +165,7 @@ def main(argv=None) -> int:
     if args.prompts_file is not None:
         path = Path(args.prompts_file)
         if not path.is_file():
-            print(f"error: --prompts_file {path} does not exist.", file=sys.stderr)
-            return 2
+            raise UserError(f"--prompts_file {path} does not exist.")
         prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         from tqdm import tqdm
         for prompt in tqdm(prompts, desc="prompts", file=sys.stderr):

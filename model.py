@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from Config import LLMConfig
+from Config import GENERATION, LLMConfig
 
 
 @dataclass
@@ -51,21 +51,15 @@ def rope_tables(head_dim: int, max_len: int, theta: float):
     return angles.cos(), angles.sin()
 
 
-def rotate_half(x):
-    """(x1, x2) -> (-x2, x1): the LLaMA/HF convention, kept for reference and tests."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x, cos, sin):
-    """x * cos + rotate_half(x) * sin, written out per half.
+    """HF's x * cos + rotate_half(x) * sin, with rotate_half(x1, x2) = (-x2, x1), written out per half.
 
     Both halves of the cos/sin tables are equal (rope_tables concatenates the
-    frequencies twice), so this is the same arithmetic as HF's rotate-half form,
-    bit for bit (a + (-b) == a - b in IEEE). It is written this way because
+    frequencies twice), so this is the same arithmetic as the rotate-half form,
+    bit for bit (a + (-b) == a - b in IEEE; tested). It is written this way because
     torch.compile (inductor, CPU, torch 2.13) produces NaN gradients for the
     chunk/neg/cat of rotate_half under bf16 autocast; this form compiles cleanly
-    and is equally fast (notes/speed.md).
+    and is equally fast (notes/LOG.md).
     x: B × H × T × D; cos/sin: T × D fp32 tables, cast to the activation dtype as HF does.
     """
     half = x.shape[-1] // 2
@@ -95,11 +89,10 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.max_len, self.dtype = max_len, dtype
 
-    def update(self, layer: int, start: int, k, v):
-        end = start + k.shape[2]
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+    def prefill(self, layer: int, k, v):
+        """Store a prompt's keys and values at the start of the cache."""
+        self.k[layer][:, :, :k.shape[2]] = k
+        self.v[layer][:, :, :v.shape[2]] = v
 
 
 class Attention(nn.Module):
@@ -114,25 +107,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, start_pos: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
+        """The whole sequence at once (training, scoring, a prompt); with `cache`, its keys and
+        values are stored for decode() to continue from."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_index, start_pos, k, v)
+            cache.prefill(self.layer_index, k, v)
         # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads;
         # enable_gqa lets the kernel share them instead of copying K/V once per query head.
-        gqa = self.n_kv_heads != self.n_heads
-        if start_pos == 0:
-            # Whole prefix at once: plain causal attention, no T × T mask materialised.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            # A chunk appended to a cache: query i sees keys up to start_pos + i.
-            kv_len = k.shape[2]
-            mask = torch.ones(T, kv_len, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        # is_causal: no T × T mask is materialised.
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -189,8 +177,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x, cos, sin, cache=None, start_pos=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos)
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def decode(self, x, cos, sin, cache, pos, visible=None):
@@ -238,7 +226,7 @@ class XiaoXin(nn.Module):
         of the cache), "static" (eager, fixed shapes) or "compiled" (static under torch.compile:
         least Python overhead per token, after a one-off compilation; falls back to "static"
         with a message to `warn` if compilation fails). On CPU the compiled step also gets
-        inductor's C++ wrapper, which removes the Python call per kernel (notes/speed.md)."""
+        inductor's C++ wrapper, which removes the Python call per kernel (notes/LOG.md)."""
         if mode not in ("dynamic", "static", "compiled"):
             raise ValueError(f"unknown decode mode {mode!r}")
         self.decode_mode = mode
@@ -266,31 +254,31 @@ class XiaoXin(nn.Module):
             x = layer.decode(x, cos, sin, cache, pos, visible)
         return self.lm_head(self.norm(x))[:, -1].float()
 
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
-        if exclude_embeddings:
-            n -= self.embed_tokens.weight.numel()
-        return n
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def forward(self, input_ids, cache: KVCache | None = None, start_pos: int = 0, last_only: bool = False):
+    def forward(self, input_ids, cache: KVCache | None = None, last_only: bool = False):
+        """Logits for a whole sequence from position 0; `cache` (generate's prefill) keeps its keys
+        and values, `last_only` computes the last position's logits only."""
         T = input_ids.shape[1]
-        if start_pos + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
-        cos = self.rope_cos[start_pos:start_pos + T]
-        sin = self.rope_sin[start_pos:start_pos + T]
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x = layer(x, cos, sin, cache, start_pos)
+            x = layer(x, cos, sin, cache)
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
         return CausalLMOutput(logits=self.lm_head(x))
 
     @torch.inference_mode()
-    def generate(self, input_ids, max_new_tokens: int, temperature: float = 0.7, top_k: int = 0,
-                 top_p: float = 1.0, repetition_penalty: float = 1.0, eos_token_id=None,
-                 generator: torch.Generator | None = None):
+    def generate(self, input_ids, max_new_tokens: int = GENERATION["max_new_tokens"],
+                 temperature: float = GENERATION["temperature"], top_k: int = GENERATION["top_k"],
+                 top_p: float = GENERATION["top_p"], repetition_penalty: float = GENERATION["repetition_penalty"],
+                 eos_token_id=None, generator: torch.Generator | None = None):
         """Yield each new token as it is sampled: an int for batch 1, else a (B,) tensor.
+        The sampling defaults are Config.GENERATION's, as in chat, serving and the HF export.
 
         temperature=0 is greedy. repetition_penalty follows HuggingFace (arXiv:1909.05858):
         logits of every token already present in prompt or output are divided by the penalty
@@ -316,7 +304,7 @@ class XiaoXin(nn.Module):
             seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=input_ids.device)
             seen.scatter_(1, input_ids, True)
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        logits = self(input_ids, cache=cache, start_pos=0, last_only=True).logits[:, -1].float()
+        logits = self(input_ids, cache=cache, last_only=True).logits[:, -1].float()
         for pos in range(T, total):
             next_token = sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
             if B == 1:

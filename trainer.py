@@ -1,10 +1,39 @@
-"""The one training loop behind pretrain.py, SFT.py, SFT_long.py and distill.py.
+"""The one training loop behind every stage: pretrain.py, SFT.py, SFT_long.py, distill.py, ...
 
-A stage script only says which stage it is; everything else comes from Config.py,
+A stage script only says which stage it is; everything else comes from its entry in
+Config.STAGES (data kind, the stages it starts from, objective, defaults, demo profile),
 overridden by command-line flags. Runs on CPU, one GPU, or many under torchrun (DDP).
 
     python pretrain.py [--model default] [--batch_size 32] [--max_steps 100] [--resume] ...
     torchrun --nproc_per_node 4 pretrain.py
+
+Adding a stage
+--------------
+1. An entry in Config.STAGES. Flags of its own: make its `train` a TrainConfig subclass
+   (in Config.py); every field becomes a flag.
+2. A script of a few lines (see SFT.py): `sys.exit(run_stage("name", argv))`.
+3. If its objective differs, one function `loss(model, batch) -> (row_sums, metrics)`, named
+   by the entry's `loss` (losses.py says what it returns). Extra inputs ride in batch.extra.
+4. If its batches do not come from a jsonl token cache (reinforcement learning samples them
+   from the current model), a Trainer subclass, `run_stage("name", argv, MyTrainer)`, overriding:
+
+   setup_data(self) -> None
+       before the model exists: set self.steps_per_epoch (optimiser steps per epoch) and
+       whatever the batches need. To use the model or self.init_path (the checkpoint the
+       stage started from, also after --resume; e.g. a frozen reference), extend setup().
+   data_signature(self) -> dict
+       what must not change for --resume to continue the same run (e.g. a prompt file's hash).
+   step_batches(self, step) -> (epoch, batches, n_loss_tokens)
+       this rank's micro-batches (dataset.Batch of numpy arrays or tensors, any device) for
+       optimiser step `step`, and the loss-mask tokens of the whole step over all ranks
+       (all_reduce that count when batches are made on the fly). The loop moves each batch
+       to the device, calls the loss, and divides by n_loss_tokens.
+   evaluate(self) -> dict[str, float]
+       validation numbers to log, e.g. {"val_accuracy": 0.41}; {} when there is nothing to
+       validate on. The last ones go into <stage>.json's results as final_<name>.
+
+   Resume stays exact when step_batches is a pure function of (seed, step) or draws only from
+   the global torch/numpy/python RNGs, which a resume checkpoint saves and restores.
 """
 import argparse
 import contextlib
@@ -12,8 +41,8 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import random
+import runpy
 import signal
 import sys
 import time
@@ -21,40 +50,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import Config
 from Config import LLMConfig, TrainConfig, model_config
-from dataset import DataError, epoch_batches, load_tokenizer, make_dataset, padding_fraction
+from checkpoint import (ROOT, UserError, load_checkpoint, open_tokenizer, previous_stage_checkpoint, resolve_device,
+                        save_atomic, stage_weights)
+from dataset import DataError, epoch_batches, make_dataset, padding_fraction
+from losses import stage_loss, to_device
 from model import CompileOrEager, XiaoXin
 
-ROOT = Path(__file__).resolve().parent
-DATA_KIND = {"pretrain": "pretrain", "sft": "sft", "sft_long": "sft", "distill": "sft"}
-PREVIOUS_STAGES = {"pretrain": [], "sft": ["pretrain"], "sft_long": ["sft", "pretrain"],
-                   "distill": ["sft_long", "sft", "pretrain"]}
-SCRIPTS = {"pretrain": "pretrain.py", "sft": "SFT.py", "sft_long": "SFT_long.py", "distill": "distill.py"}
-LOG_NAMES = {"pretrain": "Pretrain", "sft": "SFT", "sft_long": "SFT_long", "distill": "distill"}
 # Dense bf16 peak TFLOP/s (no sparsity), for MFU. Matched against torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "RTX 4090": 165.2, "L40S": 362.0,
                "A10": 125.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
-
-
 CPU_COMPILE_MIN_TOKENS = 4_000_000   # --compile auto on CPU: below this, compile time outweighs its gain
-
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one sentence, no traceback."""
 
 
 # ---------------------------------------------------------------- configuration
 
 def parse_args(stage: str, argv=None) -> tuple[TrainConfig, bool]:
-    base = Config.STAGES[stage]
-    parser = argparse.ArgumentParser(prog=SCRIPTS[stage], description=f"XiaoXin {stage} stage; defaults come "
+    entry = Config.STAGES[stage]
+    base = dataclasses.replace(entry.train, stage=stage)
+    parser = argparse.ArgumentParser(prog=entry.script, description=f"XiaoXin {stage} stage; defaults come "
                                      f"from Config.py, flags override them for one run.",
                                      argument_default=argparse.SUPPRESS)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("stage", "demo_data_path"):
+    for f in dataclasses.fields(base):
+        if f.name == "stage":
             continue
         default = getattr(base, f.name)
         if isinstance(default, bool):
@@ -69,16 +89,17 @@ def parse_args(stage: str, argv=None) -> tuple[TrainConfig, bool]:
             raise UserError("invalid command-line flags (see above).") from None
         raise
     resume = given.pop("resume", False)
-    cfg = dataclasses.replace(base)
-    if "data_path" not in given and not Path(cfg.data_path).is_file():
-        demo = dict(Config.DEMO[stage])
-        settings = ", ".join(f"{k}={v}" for k, v in demo.items() if k not in given)
-        cfg = dataclasses.replace(cfg, data_path=str(ROOT / cfg.demo_data_path), **demo)
-        if "val_path" not in given:
-            cfg.val_path = str(ROOT / cfg.demo_data_path.replace(".jsonl", "_val.jsonl"))
-        print(f"{base.data_path} not found, so training on the bundled demo data {cfg.demo_data_path} "
-              f"with the demo profile ({settings}); download the real data with python scripts/download_data.py.",
-              flush=True)
+    cfg = base
+    if "data_path" not in given and not Path(cfg.data_path).is_file() and entry.demo:
+        demo = dict(entry.demo)
+        for key in ("data_path", "val_path"):   # the demo files ship with the repository
+            if demo.get(key) and not Path(demo[key]).is_absolute():
+                demo[key] = str(ROOT / demo[key])
+        cfg = dataclasses.replace(cfg, **demo)
+        settings = ", ".join(f"{k}={v}" for k, v in entry.demo.items() if k not in given and not k.endswith("_path"))
+        data = f"on the bundled demo data {entry.demo['data_path']} " if "data_path" in entry.demo else ""
+        print(f"{base.data_path or 'no --data_path'} not found, so training {data}with the demo profile "
+              f"({settings}); download the real data with python scripts/download_data.py.", flush=True)
     cfg = dataclasses.replace(cfg, **given)
     validate(cfg)
     return cfg, resume
@@ -101,58 +122,13 @@ def validate(cfg: TrainConfig):
     if cfg.max_seq_len > model_config(cfg.model).max_seq_len:
         raise UserError(f"--max_seq_len {cfg.max_seq_len} exceeds the model's max_seq_len "
                         f"{model_config(cfg.model).max_seq_len} (Config.py).")
-    if not Path(cfg.data_path).is_file():
+    if cfg.data_path and not Path(cfg.data_path).is_file():
         raise UserError(f"--data_path {cfg.data_path} does not exist.")
     if cfg.val_path and not Path(cfg.val_path).is_file():
         raise UserError(f"--val_path {cfg.val_path} does not exist.")
 
 
-def resolve_device(device_name: str, dtype_name: str, training: bool = True) -> tuple[torch.device, torch.dtype]:
-    """--device/--dtype to torch objects. "auto" dtype: bf16 where the GPU supports it (else fp16);
-    on CPU bf16 for training when oneDNN has fast bf16 (AMX/AVX512-BF16), else fp32."""
-    name = "cuda" if device_name == "auto" and torch.cuda.is_available() else \
-        ("cpu" if device_name == "auto" else device_name)
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {device_name!r} is not a device torch knows (try cpu or cuda).") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device_name} was asked for but CUDA is not available here.")
-    dtype = dtype_name
-    if dtype == "auto":
-        if device.type == "cuda":
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype = "bfloat16" if training and cpu_has_fast_bf16() else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {dtype!r} is not one of: auto, float32, bfloat16, float16.")
-    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("--dtype bfloat16 is not supported by this GPU; use --dtype float16.")
-    if dtype == "float16" and device.type == "cpu" and training:
-        raise UserError("--dtype float16 is for GPUs; on CPU use bfloat16 or float32.")
-    return device, getattr(torch, dtype)
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
-
-
-# ---------------------------------------------------------------- model and checkpoints
-
-def stage_weights(save_dir, stage) -> Path:
-    return Path(save_dir) / f"{stage}.pt"
-
-
-def save_atomic(obj, path: Path):
-    """Write to a temp file then rename: a kill during the save never corrupts `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
+# ---------------------------------------------------------------- optimisation
 
 def numpy_rng_state():
     """numpy's global RNG state as plain Python values, so checkpoints hold no numpy objects
@@ -164,53 +140,6 @@ def numpy_rng_state():
 def set_numpy_rng_state(state):
     name, keys, pos, has_gauss, cached = state
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def load_checkpoint(path, config: LLMConfig | None = None, tokenizer_hash: str | None = None) -> dict:
-    """Read a XiaoXin checkpoint with weights_only=True: tensors and plain data only, so a
-    checkpoint someone hands you cannot run code when loaded."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"checkpoint {path} holds objects other than tensors and plain data "
-                        f"({str(e).splitlines()[0][:160]}); refusing to unpickle it.") from None
-    except Exception as e:
-        raise UserError(f"checkpoint {path} could not be read ({type(e).__name__}); it may be truncated.") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise UserError(f"{path} is not a XiaoXin checkpoint.")
-    if config is not None and ckpt["config"] != config.to_dict():
-        diff = {k: (v, config.to_dict().get(k)) for k, v in ckpt["config"].items() if config.to_dict().get(k) != v}
-        raise UserError(f"checkpoint {path} was trained with a different model config "
-                        f"({', '.join(f'{k}: checkpoint {a} vs requested {b}' for k, (a, b) in diff.items())}); "
-                        f"pass the matching --model.")
-    if tokenizer_hash and ckpt.get("tokenizer_hash") not in (None, tokenizer_hash):
-        raise UserError(f"checkpoint {path} was trained with a different tokenizer "
-                        f"(hash {ckpt['tokenizer_hash']}, this one is {tokenizer_hash}).")
-    return ckpt
-
-
-def load_model(path, config: LLMConfig | None = None, tokenizer_hash=None) -> tuple[XiaoXin, dict]:
-    """Build XiaoXin from a weights or resume checkpoint, loading strictly."""
-    ckpt = load_checkpoint(path, config, tokenizer_hash)
-    model = XiaoXin(LLMConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"], strict=True)
-    return model, ckpt
-
-
-def find_init_checkpoint(stage: str, save_dir) -> Path | None:
-    if stage == "pretrain":
-        return None
-    for previous in PREVIOUS_STAGES[stage]:
-        path = stage_weights(save_dir, previous)
-        if path.is_file():
-            return path
-    first = PREVIOUS_STAGES[stage][-1]
-    raise UserError(f"{SCRIPTS[stage]} starts from an earlier stage's weights, but {save_dir} has none "
-                    f"({', '.join(p + '.pt' for p in PREVIOUS_STAGES[stage])}); run python {SCRIPTS[first]} first "
-                    f"(with the same --save_dir), or pass --init_from PATH.")
 
 
 def configure_optimizer(model, cfg: TrainConfig, device):
@@ -231,18 +160,11 @@ def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
     return floor + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - floor)
 
 
-def token_loss_sum(logits, targets, loss_mask):
-    """Sum of per-token cross-entropy over loss-mask tokens. The caller divides by the loss-mask
-    tokens of the whole optimiser step (all micro-batches, all ranks), so accumulation and data
-    parallelism do not change the result."""
-    ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction="none")
-    return (ce * loss_mask.view(-1)).sum()
-
-
 def flops_per_token(config: LLMConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 × matmul parameters (forward 2, backward 4) plus attention
-    scores and values, 6 × layers × seq_len × hidden (the PaLM paper's count, arXiv:2204.02311,
-    halved for causal masking is not applied: kernels compute the full square)."""
+    """Training FLOPs per token: 6 per matmul parameter (2 forward, 4 backward), plus attention
+    scores and values. PaLM counts those as 12 × layers × hidden × seq_len (arXiv:2204.02311,
+    appendix B); under the causal mask a query sees seq_len / 2 keys on average, and flash
+    kernels skip the masked blocks, so this counts half of that."""
     h, L = config.hidden_size, config.num_hidden_layers
     kv = config.num_key_value_heads * config.head_dim
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * config.intermediate_size
@@ -289,10 +211,35 @@ def init_distributed(device_name: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
+# ---------------------------------------------------------------- metrics
+
+def add_metrics(pairs: dict, metrics: dict, device) -> dict:
+    """pairs[name] += (sum, count) for each metric a loss returned, on the device: no host sync."""
+    for name, (total, count) in metrics.items():
+        pair = torch.stack([torch.as_tensor(total, device=device).detach().double().sum(),
+                            torch.as_tensor(count, device=device).detach().double().sum()])
+        pairs[name] = pairs[name] + pair if name in pairs else pair
+    return pairs
+
+
+def metric_means(pairs: dict, dist: "Dist") -> dict[str, float]:
+    """sum / count of each metric, the sums and counts first added over ranks: one all-reduce and
+    one host sync for all of them."""
+    if not pairs:
+        return {}
+    names = sorted(pairs)
+    stacked = torch.stack([pairs[n] for n in names])
+    if dist.enabled:
+        torch.distributed.all_reduce(stacked)
+    return {n: s / c if c else float("nan") for n, (s, c) in zip(names, stacked.tolist())}
+
+
 # ---------------------------------------------------------------- logging
 
 class RunLog:
-    """Console + log file + optional SwanLab, on the main rank only."""
+    """Console + log file + optional SwanLab, on the main rank only. `history` keeps every logged
+    value for the plots and the resume checkpoint: training values under "step", validation
+    values (val_*) under "val_step"."""
 
     def __init__(self, cfg: TrainConfig, enabled: bool):
         self.enabled = enabled
@@ -302,7 +249,7 @@ class RunLog:
         if not enabled:
             return
         Path(cfg.log_dir).mkdir(parents=True, exist_ok=True)
-        self.file = open(Path(cfg.log_dir) / f"{LOG_NAMES[cfg.stage]}.log", "a", encoding="utf-8")
+        self.file = open(Path(cfg.log_dir) / f"{Config.STAGES[cfg.stage].log_name}.log", "a", encoding="utf-8")
         if cfg.tracker == "swanlab":
             self.tracker = start_swanlab(cfg)
 
@@ -316,13 +263,11 @@ class RunLog:
     def metrics(self, step: int, values: dict):
         if not self.enabled:
             return
-        if "loss" in values:
-            self.history["step"].append(step)
-            self.history["loss"].append(values["loss"])
-            self.history["lr"].append(values["lr"])
-        if "val_loss" in values:
-            self.history["val_step"].append(step)
-            self.history["val_loss"].append(values["val_loss"])
+        validation = all(k.startswith("val_") for k in values)
+        self.history["val_step" if validation else "step"].append(step)
+        for key, value in values.items():
+            if key != "tokens_per_s":
+                self.history.setdefault(key, []).append(value)
         if self.tracker is not None:
             self.tracker.log(values, step=step)
 
@@ -359,15 +304,27 @@ def swanlab_logged_in() -> bool:
 
 
 def save_plot(history: dict, path: Path, title: str):
+    """Loss (with validation loss) and learning rate, then one panel per other logged value."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    others = [k for k in history if k not in ("step", "loss", "lr", "val_step", "val_loss")]
+    panels = 2 + len(others)
+    cols = min(panels, 3)
+    fig, axes = plt.subplots(-(-panels // cols), cols, figsize=(5 * cols, 3.6 * -(-panels // cols)), squeeze=False)
+    axes = axes.flatten()
+    ax1, ax2 = axes[0], axes[1]
     ax1.plot(history["step"], history["loss"], label="train")
-    if history["val_step"]:
+    if history["val_step"] and history.get("val_loss"):
         ax1.plot(history["val_step"], history["val_loss"], "o-", label="validation")
     ax1.set_xlabel("optimiser step"); ax1.set_ylabel("loss"); ax1.legend(); ax1.set_title(title)
     ax2.plot(history["step"], history["lr"]); ax2.set_xlabel("optimiser step"); ax2.set_ylabel("learning rate")
+    for ax, key in zip(axes[2:], others):
+        validation = key.startswith("val_")
+        ax.plot(history["val_step" if validation else "step"], history[key], "o-" if validation else "-")
+        ax.set_xlabel("optimiser step"); ax.set_ylabel(key)
+    for ax in axes[panels:]:
+        ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -393,32 +350,12 @@ class Trainer:
         torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
         if self.resume and not list(self.checkpoint_dir().glob("step_*.pt")):
             raise UserError(f"--resume was given but {self.checkpoint_dir()} holds no checkpoint to resume from.")
-        try:
-            self.tok = load_tokenizer(cfg.tokenizer_dir if Path(cfg.tokenizer_dir).is_dir() else ROOT / cfg.tokenizer_dir)
-        except DataError as e:
-            raise UserError(str(e)) from None
+        self.tok = open_tokenizer(cfg.tokenizer_dir)
         self.model_config = model_config(cfg.model)
         if self.tok.vocab_size != self.model_config.vocab_size:
             raise UserError(f"tokenizer {cfg.tokenizer_dir} has {self.tok.vocab_size} tokens but --model {cfg.model} "
                             f"expects {self.model_config.vocab_size}.")
-        cache_root = cfg.cache_dir or str(Path(cfg.save_dir) / "cache")
-        kind = DATA_KIND[cfg.stage]
-        try:
-            # Rank 0 tokenises; the others wait and then open the finished cache.
-            if self.dist.enabled and not self.dist.main:
-                torch.distributed.barrier()
-            self.train_data = make_dataset(cfg.data_path, kind, self.tok, cache_root, cfg.max_seq_len,
-                                           cfg.skip_bad_lines, quiet=not self.dist.main)
-            self.val_data = make_dataset(cfg.val_path, kind, self.tok, cache_root, cfg.max_seq_len,
-                                         cfg.skip_bad_lines, quiet=not self.dist.main) if cfg.val_path else None
-            if self.dist.enabled and self.dist.main:
-                torch.distributed.barrier()
-        except DataError as e:
-            raise UserError(str(e)) from None
-        self.bucket = kind == "sft"
-        self.micro_per_epoch = len(epoch_batches(self.train_data, cfg.batch_size, cfg.seed, 0, bucket=self.bucket))
-        per_step = cfg.accumulation_steps * self.dist.world
-        self.steps_per_epoch = -(-self.micro_per_epoch // per_step)
+        self.setup_data()
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -430,7 +367,7 @@ class Trainer:
         model = XiaoXin(self.model_config)
         self.init_path = None
         if not self.resume:
-            self.init_path = Path(cfg.init_from) if cfg.init_from else find_init_checkpoint(cfg.stage, cfg.save_dir)
+            self.init_path = Path(cfg.init_from) if cfg.init_from else previous_stage_checkpoint(cfg.stage, cfg.save_dir)
             if self.init_path is not None:
                 ckpt = load_checkpoint(self.init_path, self.model_config, self.tok.hash)
                 model.load_state_dict(ckpt["model"], strict=True)
@@ -446,8 +383,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.model = DDP(self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
 
-        def forward_loss(x, y, mask):
-            return token_loss_sum(self.model(x).logits, y, mask)
+        self.loss = stage_loss(cfg.stage)
+
+        def forward_loss(batch):
+            return self.loss(self.model, batch)
         # Model and loss compile as one graph: the fp32 upcast and cross-entropy over the
         # 6400-way logits then fuse, which is most of what compile gains at this model size.
         self.forward_loss = CompileOrEager(forward_loss, log.print) if self.compile_wanted() else forward_loss
@@ -458,13 +397,40 @@ class Trainer:
                   f"dtype {str(self.dtype).replace('torch.', '')}, "
                   f"compile {'on' if isinstance(self.forward_loss, CompileOrEager) else 'off'}, world_size={self.dist.world}, effective batch "
                   f"{cfg.batch_size}×{cfg.accumulation_steps}×{self.dist.world} = "
-                  f"{cfg.batch_size * cfg.accumulation_steps * self.dist.world} sequences ≤ {tokens_per_step} tokens")
+                  f"{cfg.batch_size * cfg.accumulation_steps * self.dist.world} sequences ≤ {tokens_per_step} tokens; "
+                  f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+
+    def setup_data(self):
+        """The stage's jsonl files as token caches (built once): self.train_data, self.val_data,
+        and self.steps_per_epoch."""
+        cfg = self.cfg
+        kind = Config.STAGES[cfg.stage].data_kind
+        if not cfg.data_path:
+            raise UserError(f"--data_path is empty; the {cfg.stage} stage trains on a jsonl file.")
+        cache_root = cfg.cache_dir or str(Path(cfg.save_dir) / "cache")
+        try:
+            # Rank 0 tokenises; the others wait and then open the finished cache.
+            if self.dist.enabled and not self.dist.main:
+                torch.distributed.barrier()
+            self.train_data = make_dataset(cfg.data_path, kind, self.tok, cache_root, cfg.max_seq_len,
+                                           cfg.skip_bad_lines, quiet=not self.dist.main)
+            self.val_data = make_dataset(cfg.val_path, kind, self.tok, cache_root, cfg.max_seq_len,
+                                         cfg.skip_bad_lines, quiet=not self.dist.main) if cfg.val_path else None
+            if self.dist.enabled and self.dist.main:
+                torch.distributed.barrier()
+        except DataError as e:
+            raise UserError(str(e)) from None
+        self.bucket = kind == "sft"
+        micro_per_epoch = len(epoch_batches(self.train_data, cfg.batch_size, cfg.seed, 0, bucket=self.bucket))
+        self.steps_per_epoch = -(-micro_per_epoch // (cfg.accumulation_steps * self.dist.world))
         data_desc = f"{self.train_data.num_samples} {'rows' if kind == 'pretrain' else 'conversations'}"
         if self.bucket:
             batches = epoch_batches(self.train_data, cfg.batch_size, cfg.seed, 0, bucket=True)
             data_desc += f", padding {padding_fraction(self.train_data, batches):.1%} of computed tokens (length-bucketed)"
-        log.print(f"data: {cfg.data_path} → {self.train_data.cache.meta['num_tokens']} tokens, {data_desc}; "
-                  f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+        self.log.print(f"data: {cfg.data_path} → {self.train_data.cache.meta['num_tokens']} tokens, {data_desc}")
+
+    def data_signature(self) -> dict:
+        return {"data": self.train_data.cache.meta["source"]["sample_sha256"]}
 
     def compile_wanted(self) -> bool:
         mode = self.cfg.compile
@@ -495,18 +461,18 @@ class Trainer:
         """What must match for a resumed run to be the same run."""
         c = self.cfg
         return {"model": self.model_config.to_dict(), "batch_size": c.batch_size, "max_seq_len": c.max_seq_len,
-                "seed": c.seed, "epochs": c.epochs, "data": self.train_data.cache.meta["source"]["sample_sha256"],
-                "tokenizer": self.tok.hash}
+                "seed": c.seed, "epochs": c.epochs, "tokenizer": self.tok.hash, **self.data_signature()}
 
-    def save_resume_state(self, epoch_micro: int):
+    def save_resume_state(self):
         if not self.dist.main:
             return
         state = {
             "model": self.raw_model.state_dict(), "config": self.model_config.to_dict(),
             "tokenizer_hash": self.tok.hash, "stage": self.cfg.stage,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "step": self.step, "micro_batches_done": epoch_micro, "world_size": self.dist.world,
+            "step": self.step, "world_size": self.dist.world,
             "accumulation_steps": self.cfg.accumulation_steps, "plan": self.plan_signature(),
+            "init_from": str(self.init_path or ""),
             "history": self.log.history, "train_config": dataclasses.asdict(self.cfg),
             "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -533,6 +499,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = ckpt["step"]
+        self.init_path = Path(ckpt["init_from"]) if ckpt.get("init_from") else None
         if ckpt["accumulation_steps"] * ckpt["world_size"] != self.cfg.accumulation_steps * self.dist.world:
             raise UserError(f"cannot resume from {path}: it used accumulation {ckpt['accumulation_steps']} × "
                             f"world size {ckpt['world_size']}; keep that product the same "
@@ -583,36 +550,29 @@ class Trainer:
             self._plan_epoch = epoch
         return self._plan
 
-    def to_device(self, array):
-        t = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
-
     def autocast(self):
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
+    def evaluate(self) -> dict[str, float]:
+        """The stage's loss on --val_path, per loss-mask token over all ranks, as {"val_loss": …}
+        (and the loss's metrics as val_<name>); {} without validation data."""
         if self.val_data is None:
-            return None
+            return {}
         self.model.eval()
-        total, count = torch.zeros((), device=self.device), 0
+        pairs = {}
         plan = epoch_batches(self.val_data, self.cfg.batch_size, 0, 0, shuffle=False, bucket=self.bucket)
         for idx in plan[self.dist.rank::self.dist.world]:
-            b = self.val_data.batch(idx)
+            b = to_device(self.val_data.batch(idx), self.device)
             with self.autocast():
-                logits = self.raw_model(self.to_device(b.input_ids)).logits
-            total += token_loss_sum(logits, self.to_device(b.targets), self.to_device(b.loss_mask))
-            count += b.num_loss_tokens
-        if self.dist.enabled:
-            stats = torch.stack([total.double().cpu(), torch.tensor(float(count), dtype=torch.float64)]).to(self.device)
-            torch.distributed.all_reduce(stats)
-            total, count = stats[0], int(stats[1])
+                row_sums, metrics = self.loss(self.raw_model, b)
+            add_metrics(pairs, {"loss": (row_sums.sum(), b.loss_mask.sum()), **metrics}, self.device)
+        if not pairs and self.dist.enabled:   # a rank with no validation batch still joins the all-reduce
+            add_metrics(pairs, {"loss": (0.0, 0.0)}, self.device)
         self.model.train()
-        return float(total) / max(count, 1)
+        return {f"val_{k}": v for k, v in metric_means(pairs, self.dist).items()}
 
     # -- main loop
     def train(self) -> dict:
@@ -624,9 +584,9 @@ class Trainer:
         flops_tok = flops_per_token(self.model_config, cfg.max_seq_len)
         t_start, first_step = time.perf_counter(), self.step
         t_log, tokens_since_log, steps_since_log = t_start, 0, 0
-        loss_accum = torch.zeros((), device=self.device)
+        loss_accum, metric_accum = torch.zeros((), device=self.device), {}
         bad_in_a_row, bad_total = 0, 0
-        last_val = None
+        last_val = {}
         world = self.dist.world
         while self.step < self.total_steps:
             step = self.step
@@ -634,25 +594,31 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             epoch, batches, n_loss_tokens = self.step_batches(step)
-            step_loss = torch.zeros((), device=self.device)
+            step_loss, step_metrics = torch.zeros((), device=self.device), {}
             for i, b in enumerate(batches):
                 last = i == len(batches) - 1
                 sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
                 with sync:
+                    b = to_device(b, self.device)
                     with self.autocast():
-                        loss_sum = self.forward_loss(self.to_device(b.input_ids), self.to_device(b.targets),
-                                                     self.to_device(b.loss_mask))
+                        row_sums, metrics = self.forward_loss(b)
+                    loss_sum = row_sums.sum()
                     # DDP averages gradients over ranks; × world turns that into a sum over ranks.
                     self.scaler.scale(loss_sum * (world / max(n_loss_tokens, 1))).backward()
                 step_loss += loss_sum.detach()
+                add_metrics(step_metrics, metrics, self.device)
                 tokens_since_log += int(b.loss_mask.shape[0] * b.loss_mask.shape[1])
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
             # One host sync per optimiser step (never per micro-step): the finiteness check and
             # the per-step record that traces loss spikes back to source lines.
-            step_value = float(step_loss) / max(n_loss_tokens, 1) * world
-            finite = bool(torch.isfinite(grad_norm)) and math.isfinite(step_value)
-            self.record_step(step + 1, step_value, batches)
+            names = sorted(step_metrics)
+            host = torch.cat([torch.stack([step_loss.double(), grad_norm.double()]),
+                              *(step_metrics[n] for n in names)]).tolist()
+            step_value = host[0] / max(n_loss_tokens, 1) * world
+            finite = math.isfinite(host[1]) and math.isfinite(step_value)
+            self.record_step(step + 1, step_value, {n: s / c if c else float("nan") for n, s, c in
+                                                    zip(names, host[2::2], host[3::2])}, batches)
             if finite or self.dtype == torch.float16:
                 # fp16: the GradScaler itself skips steps with inf gradients while it calibrates.
                 self.scaler.step(self.optimizer)
@@ -669,40 +635,45 @@ class Trainer:
                                     f"Check that data, or lower --learning_rate.")
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            loss_accum += step_loss / max(n_loss_tokens, 1) * (world if self.dist.enabled else 1)
+            loss_accum += step_loss / max(n_loss_tokens, 1)
+            for name, pair in step_metrics.items():
+                metric_accum[name] = metric_accum[name] + pair if name in metric_accum else pair
             steps_since_log += 1
             self.step += 1
-            done_micro = (self.step * cfg.accumulation_steps * world) % (self.steps_per_epoch * cfg.accumulation_steps * world)
             epoch_end = self.step % self.steps_per_epoch == 0
 
             if self.step % cfg.log_step == 0 or self.step == self.total_steps:
                 if self.dist.enabled:
                     torch.distributed.all_reduce(loss_accum)
-                    loss_accum /= world
-                loss = float(loss_accum) / steps_since_log  # the one host sync per log interval
+                loss = float(loss_accum) / steps_since_log  # one host sync per log interval
+                means = metric_means(metric_accum, self.dist)
                 now = time.perf_counter()
                 tok_s = tokens_since_log * world / (now - t_log)
                 eta = (now - t_start) / max(1, self.step - first_step) * (self.total_steps - self.step)
                 mfu = f" mfu {tok_s * flops_tok / peak:.1%}" if peak else ""
-                log.print(f"epoch {epoch + 1}/{cfg.epochs} step {self.step}/{self.total_steps} loss {loss:.4f} "
+                shown = "".join(f" {k} {v:.4g}" for k, v in means.items())
+                log.print(f"epoch {epoch + 1}/{cfg.epochs} step {self.step}/{self.total_steps} loss {loss:.4f}{shown} "
                           f"lr {lr:.2e} {tok_s:,.0f} tok/s{mfu} eta {format_seconds(eta)}")
-                log.metrics(self.step, {"loss": loss, "lr": lr, "tokens_per_s": tok_s})
+                log.metrics(self.step, {"loss": loss, **means, "lr": lr, "tokens_per_s": tok_s})
                 loss_accum.zero_()
+                metric_accum = {}
                 t_log, tokens_since_log, steps_since_log = now, 0, 0
             if (cfg.eval_step and self.step % cfg.eval_step == 0) or epoch_end or self.step == self.total_steps:
-                last_val = self.evaluate()
-                if last_val is not None:
-                    log.print(f"step {self.step}: validation loss {last_val:.4f}")
-                    log.metrics(self.step, {"val_loss": last_val})
+                values = self.evaluate()
+                if values:
+                    last_val = values
+                    log.print(f"step {self.step}: validation " +
+                              ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in values.items()))
+                    log.metrics(self.step, values)
             if self.step % cfg.save_step == 0 and self.step < self.total_steps:
-                self.save_resume_state(done_micro)
+                self.save_resume_state()
             if self.stop_requested:
-                self.save_resume_state(done_micro)
-                log.print(f"stopped at step {self.step}; continue with python {SCRIPTS[cfg.stage]} --resume")
+                self.save_resume_state()
+                log.print(f"stopped at step {self.step}; continue with python {Config.STAGES[cfg.stage].script} --resume")
                 raise KeyboardInterrupt
         results = {"steps": self.step, "final_train_loss": self.log.history["loss"][-1] if self.log.history["loss"] else None,
-                   "final_val_loss": last_val, "skipped_steps": bad_total,
-                   "wall_seconds": round(time.perf_counter() - t_start, 1)}
+                   "final_val_loss": None, **{f"final_{k}": v for k, v in last_val.items()},
+                   "skipped_steps": bad_total, "wall_seconds": round(time.perf_counter() - t_start, 1)}
         self.save_final(results)
         if self.dist.main and self.log.history["step"]:
             plot = Path(cfg.plot_dir) / f"{cfg.stage}_loss.png"
@@ -710,14 +681,15 @@ class Trainer:
             log.print(f"wrote {plot}")
         return results
 
-    def record_step(self, step: int, loss: float, batches):
-        """Append {step, loss, first/last source line} to log/<Stage>_steps.jsonl; a step whose loss
-        jumps above 1.5× the running mean also lists every source line, so the samples behind
-        a spike can be found (scripts/data_doctor.py loss scores them one by one)."""
+    def record_step(self, step: int, loss: float, metrics: dict, batches):
+        """Append {step, loss, this rank's metrics, first/last source line} to log/<Stage>_steps.jsonl;
+        a step whose loss jumps above 1.5× the running mean also lists every source line, so the
+        samples behind a spike can be found (scripts/data_doctor.py loss scores them one by one)."""
         if not self.dist.main:
             return
-        lines = np.unique(np.concatenate([b.lines for b in batches]))
-        record = {"step": step, "loss": round(loss, 5), "lines": [int(lines[0]), int(lines[-1])]}
+        lines = np.unique(np.concatenate([np.asarray(b.lines, dtype=np.int64) for b in batches]))
+        record = {"step": step, "loss": round(loss, 5), **{k: round(v, 5) for k, v in metrics.items()},
+                  "lines": [int(lines[0]), int(lines[-1])] if len(lines) else []}
         mean = getattr(self, "_loss_mean", None)
         if not math.isfinite(loss) or (mean is not None and step > self.warmup and loss > 1.5 * mean):
             record["spike"] = True
@@ -725,7 +697,7 @@ class Trainer:
         if math.isfinite(loss):
             self._loss_mean = loss if mean is None else 0.95 * mean + 0.05 * loss
         if self.steps_file is None:
-            self.steps_file = open(Path(self.cfg.log_dir) / f"{LOG_NAMES[self.cfg.stage]}_steps.jsonl", "a")
+            self.steps_file = open(Path(self.cfg.log_dir) / f"{Config.STAGES[self.cfg.stage].log_name}_steps.jsonl", "a")
         self.steps_file.write(json.dumps(record) + "\n")
         if step % self.cfg.log_step == 0:
             self.steps_file.flush()
@@ -765,13 +737,14 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def run_stage(stage: str, argv=None) -> int:
-    """Entry point of every stage script: returns a process exit code."""
+def run_stage(stage: str, argv=None, trainer_class=None) -> int:
+    """Entry point of every stage script: returns a process exit code. `trainer_class`: a
+    Trainer subclass for a stage that makes its own batches (see the module docstring)."""
     trainer = None
     old_handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     try:
         cfg, resume = parse_args(stage, argv)
-        trainer = Trainer(cfg, resume)
+        trainer = (trainer_class or Trainer)(cfg, resume)
         trainer.train()
         return 0
     except UserError as e:
@@ -790,3 +763,10 @@ def run_stage(stage: str, argv=None) -> int:
             signal.signal(signal.SIGINT, old_handlers[0]); signal.signal(signal.SIGTERM, old_handlers[1])
         except ValueError:
             pass
+
+
+def run_script(stage: str, argv=None) -> int:
+    """Run a stage's script (Config.STAGES[stage].script) in this process and return its exit
+    code: how the demo runner and the tests chain the stages."""
+    script = Path(Config.STAGES[stage].script)
+    return runpy.run_path(str(script if script.is_absolute() else ROOT / script))["main"](argv)

@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 from Config import model_config  # noqa: E402
 from model import XiaoXin  # noqa: E402
-from trainer import flops_per_token, peak_flops, token_loss_sum  # noqa: E402
+from losses import masked_cross_entropy  # noqa: E402
+from trainer import flops_per_token, peak_flops  # noqa: E402
 
 
 def hf_twin(model: XiaoXin):
@@ -97,7 +98,7 @@ class TrainSystem:
         self.optimizer.zero_grad(set_to_none=True)
 
     def xiaoxin_loss(self, x, y, mask):
-        return token_loss_sum(self.model(x).logits, y, mask) / mask.numel()
+        return masked_cross_entropy(self.model(x).logits, y, mask).sum() / mask.numel()
 
     def hf_loss(self, x, y, mask):  # as users run HF: labels in, loss out (HF shifts the labels itself)
         return self.model(input_ids=x, labels=x).loss

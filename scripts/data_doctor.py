@@ -20,10 +20,12 @@ clean   writes a filtered, deduplicated, shuffled copy (lines copied byte for by
         of what was dropped and why: by default every kind below except non_chinese (--drop picks).
         The first of a set of duplicates is kept. The input is never touched; an --out that is
         the input is refused.
-loss    scores every record with a trained checkpoint: mean cross-entropy per loss-mask token
-        (assistant tokens for sft/r1, all tokens for pretrain), exactly the tokens and mask the
-        trainer uses (its token cache, <save_dir>/cache by default, is reused; bad lines are
-        skipped). Prints mean loss per third of the file and the --top highest-loss records,
+loss    scores every record with a trained checkpoint: the --stage's own objective (losses.py;
+        cross-entropy for the stages shipped) per loss-mask token (assistant tokens for sft/r1,
+        all tokens for pretrain), on the batches the trainer's loader builds, so exactly the
+        tokens, truncation and mask training uses (its token cache, <save_dir>/cache by default,
+        is reused; bad lines are skipped). A pretrain document is scored on its own (truncated
+        at max_seq_len) where training would pack it into rows with its neighbours. Prints mean loss per third of the file and the --top highest-loss records,
         writes them with --out, and plots loss against file position with --plot (scatter plus
         rolling mean): whether dirty data clusters anywhere, e.g. at the end of the file.
 
@@ -73,8 +75,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import Config  # noqa: E402
-from dataset import (IM_END, DataError, check_conversation, check_pretrain, load_tokenizer,  # noqa: E402
-                     render_chat)
+from checkpoint import UserError, open_tokenizer, run_cli  # noqa: E402
+from dataset import IM_END, check_conversation, check_pretrain, render_chat  # noqa: E402
 
 KINDS = {  # in order of severity: a record's `kind` is the first of these that applies
     "bad_json": "not valid UTF-8 / JSON",
@@ -88,17 +90,12 @@ KINDS = {  # in order of severity: a record's `kind` is the first of these that 
     "non_chinese": "mostly non-Chinese letters (a note: clean keeps these)",
 }
 DEFAULT_DROP = [k for k in KINDS if k != "non_chinese"]
-STAGE_OF_KIND = {"pretrain": "pretrain", "sft": "sft", "r1": "distill"}
 THIRDS = ("start", "middle", "end")
 R1_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 SHINGLE = 5
 NUM_PERM = 64
 LOW_CJK_SHARE, MIN_LETTERS = 0.10, 20
 DETECT_LINES = 1000
-
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one sentence, no traceback."""
 
 
 # ---------------------------------------------------------------- text checks
@@ -509,8 +506,14 @@ def default_max_seq_len(path, kind: str) -> tuple[int, str]:
     m = re.search(r"(?:^|[_\-.])(\d{3,5})(?=[_\-.]|$)", Path(path).stem)
     if m and 64 <= int(m.group(1)) <= 32768:
         return int(m.group(1)), "from the file name"
-    stage = STAGE_OF_KIND[kind]
-    return Config.STAGES[stage].max_seq_len, f"Config.py {stage} stage"
+    stage = stage_of_kind(kind)
+    return Config.STAGES[stage].train.max_seq_len, f"Config.py {stage} stage"
+
+
+def stage_of_kind(kind: str) -> str:
+    """The first stage in Config.STAGES that trains on this kind of file (r1: a reasoning stage)."""
+    data_kind = "pretrain" if kind == "pretrain" else "sft"
+    return next(name for name, s in Config.STAGES.items() if s.data_kind == data_kind and s.reasoning == (kind == "r1"))
 
 
 def same_file(a, b) -> bool:
@@ -537,16 +540,6 @@ def refuse_overwrite(src: Path, *outputs):
         if out and same_file(src, out):
             raise UserError(f"{flag} {out} is the input file; write the result somewhere else "
                             f"(the input is never modified).")
-
-
-def open_tokenizer(directory):
-    directory = Path(directory)
-    if not directory.is_dir() and not directory.is_absolute():
-        directory = ROOT / directory
-    try:
-        return load_tokenizer(directory)
-    except DataError as e:
-        raise UserError(str(e)) from None
 
 
 def write_json(path, obj):
@@ -724,12 +717,16 @@ def run_clean(args) -> int:
 
 
 def run_loss(args) -> int:
+    """Score each record with the stage's own objective (losses.py) on the batches the trainer's
+    loader builds: the same tokens, targets, truncation, padding and loss mask training sees.
+    Conversations are one per row, as in training; pretrain documents are one per row too
+    (training packs them across rows, which would mix records)."""
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
-    import trainer
-    from dataset import build_token_cache
+    from checkpoint import expected_config, load_model, resolve_device, stage_weights
+    from dataset import ConversationData, build_token_cache
+    from losses import stage_loss, to_device
     path = require_input(args.file)
     refuse_overwrite(path, ("--out", args.out), ("--plot", args.plot))
     if args.stage not in Config.STAGES:
@@ -737,64 +734,37 @@ def run_loss(args) -> int:
     for flag in ("top", "batch_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1 (got {getattr(args, flag)}).")
-    if args.model and args.model not in Config.MODELS:
-        raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
+    expected = expected_config(args.model)
     kind = args.kind or detect_kind(path)
     tok = open_tokenizer(args.tokenizer_dir)
-    try:
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              ("cpu" if args.device == "auto" else args.device))
-    except RuntimeError:
-        raise UserError(f"--device {args.device!r} is not a device torch knows (try cpu or cuda).") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device} was asked for but CUDA is not available here.")
-    try:
-        model, ckpt = trainer.load_model(trainer.stage_weights(args.save_dir, args.stage),
-                                         Config.model_config(args.model) if args.model else None, tok.hash)
-    except trainer.UserError as e:
-        raise UserError(str(e)) from None
-    seq_len = args.max_seq_len or min(Config.STAGES[args.stage].max_seq_len, model.config.max_seq_len)
+    device, dtype = resolve_device(args.device, "auto", training=False)
+    checkpoint = stage_weights(args.save_dir, args.stage)
+    model, ckpt = load_model(checkpoint, expected, tok.hash)
+    seq_len = args.max_seq_len or min(Config.STAGES[args.stage].train.max_seq_len, model.config.max_seq_len)
     if not 1 <= seq_len <= model.config.max_seq_len:
         raise UserError(f"--max_seq_len must lie in 1..{model.config.max_seq_len} (the model's context), "
                         f"got {seq_len}.")
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     model = model.to(device, dtype).eval()
+    loss_fn = stage_loss(args.stage)
     cache_root = Path(args.cache_dir) if args.cache_dir else Path(args.save_dir) / "cache"
-    try:   # the trainer's own cache: same tokens and loss mask as training, reused if already built
-        cache = build_token_cache(path, "pretrain" if kind == "pretrain" else "sft", tok, cache_root,
-                                  skip_bad_lines=True, quiet=args.quiet)
-    except DataError as e:
-        raise UserError(str(e)) from None
+    # the trainer's own cache: same tokens and loss mask as training, reused if already built
+    cache = build_token_cache(path, "pretrain" if kind == "pretrain" else "sft", tok, cache_root,
+                              skip_bad_lines=True, quiet=args.quiet)
+    data = ConversationData(cache, seq_len, str(path), require_loss_tokens=False)
 
-    n = cache.num_records
-    kept = np.minimum(np.diff(cache.offsets), seq_len + 1)      # tokens kept per record, as the loader truncates
+    n = data.num_samples
     losses = np.full(n, np.nan, dtype=np.float64)
-    loss_tokens = np.zeros(n, dtype=np.int64)
-    order = np.argsort(-kept, kind="stable")                    # longest first: an OOM shows up at once
+    loss_tokens = np.asarray(data.loss_tokens, dtype=np.int64)
+    order = np.argsort(-data.lengths, kind="stable")                # longest first: an OOM shows up at once
     batches = [order[i:i + args.batch_size] for i in range(0, n, args.batch_size)]
     with torch.inference_mode():
         for idx in tqdm(batches, desc=f"scoring {path.name}", unit="batch", disable=args.quiet, mininterval=0.5,
                         file=sys.stderr):
-            T = int(kept[idx].max()) - 1
-            if T < 1:
+            if data.lengths[idx].max() < 1:
                 continue
-            x = np.zeros((len(idx), T), dtype=np.int64)
-            y = np.zeros((len(idx), T), dtype=np.int64)
-            m = np.zeros((len(idx), T), dtype=np.float32)
-            for r, i in enumerate(idx):
-                a, k = int(cache.offsets[i]), int(kept[i])
-                seq = np.asarray(cache.tokens[a:a + k], dtype=np.int64)
-                x[r, :k - 1], y[r, :k - 1] = seq[:-1], seq[1:]
-                m[r, :k - 1] = cache.loss_mask[a + 1:a + k] if cache.loss_mask is not None else 1.0
-            logits = model(torch.from_numpy(x).to(device)).logits
-            ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), torch.from_numpy(y).to(device).view(-1),
-                                 reduction="none").view(len(idx), T)
-            mask = torch.from_numpy(m).to(device)
-            count = mask.sum(1)
-            per_sample = ((ce * mask).sum(1) / count.clamp(min=1)).double().cpu().numpy()
-            count = count.long().cpu().numpy()
-            losses[idx] = np.where(count > 0, per_sample, np.nan)
-            loss_tokens[idx] = count
+            row_sums, _ = loss_fn(model, to_device(data.batch(idx), device))
+            per_row = row_sums.double().cpu().numpy() / np.maximum(loss_tokens[idx], 1)
+            losses[idx] = np.where(loss_tokens[idx] > 0, per_row, np.nan)
 
     lines = np.asarray(cache.lines, dtype=np.int64)
     scored = np.flatnonzero(~np.isnan(losses))
@@ -806,7 +776,7 @@ def run_loss(args) -> int:
         if line_no in wanted:
             texts[line_no] = raw.decode("utf-8", "replace").rstrip("\n")
 
-    print(f"loss: {path} ({kind}), checkpoint {trainer.stage_weights(args.save_dir, args.stage)} "
+    print(f"loss: {path} ({kind}), checkpoint {checkpoint} "
           f"(stage {ckpt.get('stage', args.stage)}), max_seq_len {seq_len}, {device.type}")
     skipped = cache.meta.get("skipped_lines", 0)
     print(f"  scored {len(scored)} of {n} records ({n - len(scored)} with no loss token within max_seq_len; "
@@ -893,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file", help="a jsonl file (pretrain, sft or r1)")
     common.add_argument("--kind", choices=("pretrain", "sft", "r1"), help="skip auto-detection")
-    common.add_argument("--tokenizer_dir", default=Config.STAGES["pretrain"].tokenizer_dir)
+    common.add_argument("--tokenizer_dir", default=Config.TrainConfig.tokenizer_dir)
     common.add_argument("--max_seq_len", type=int, help="default: from the file name, else the stage in Config.py")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     dedup = argparse.ArgumentParser(add_help=False)
@@ -906,10 +876,10 @@ def build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser("clean", parents=[common, dedup], help="write a filtered, deduplicated, shuffled copy")
     clean.add_argument("--out", required=True)
     clean.add_argument("--json", help="write the report of dropped records here")
-    clean.add_argument("--seed", type=int, default=Config.STAGES["pretrain"].seed)
+    clean.add_argument("--seed", type=int, default=Config.TrainConfig.seed)
     clean.add_argument("--drop", nargs="+", metavar="KIND", help=f"kinds to drop (default: {' '.join(DEFAULT_DROP)})")
     loss = sub.add_parser("loss", parents=[common], help="rank records by a trained model's loss")
-    loss.add_argument("--save_dir", default=Config.STAGES["pretrain"].save_dir)
+    loss.add_argument("--save_dir", default=Config.TrainConfig.save_dir)
     loss.add_argument("--stage", required=True, help=f"one of {', '.join(Config.STAGES)}")
     loss.add_argument("--model", help="expected model size (checked against the checkpoint)")
     loss.add_argument("--top", type=int, default=20)
@@ -922,20 +892,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:          # argparse has printed the reason (or the help)
-        return int(e.code or 0)
-    try:
-        return {"check": run_check, "clean": run_clean, "loss": run_loss}[args.command](args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:          # output piped into head and the like: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    return run_cli(build_parser().parse_args,
+                   lambda args: {"check": run_check, "clean": run_clean, "loss": run_loss}[args.command](args), argv)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ for p in (ROOT, ROOT / "scripts"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from trainer import UserError  # noqa: E402
+import Config  # noqa: E402
+from checkpoint import UserError, run_cli  # noqa: E402
 
-STAGES = ["pretrain", "sft", "sft_long", "distill"]
 LETTERS = ["A", "B", "C", "D"]
 CEVAL_DESCRIPTION = "以下是中国关于{}的单项选择题，请选出其中的正确答案。\n\n"
 CMMLU_DESCRIPTION = "以下是关于{}的单项选择题，请直接给出正确答案的选项。\n\n"
@@ -312,7 +312,7 @@ def parse_args(argv):
     src = p.add_argument_group("model (a native checkpoint, or --hf_dir)")
     src.add_argument("--model", default=None, help="expected model size (checked against the checkpoint)")
     src.add_argument("--save_dir", default=None, help="folder holding <stage>.pt (default: out)")
-    src.add_argument("--stage", default=None, help=f"one of {', '.join(STAGES)}; default: the latest present")
+    src.add_argument("--stage", default=None, help=f"one of {', '.join(Config.STAGES)}; default: the latest present")
     src.add_argument("--hf_dir", default=None, help="an exported (or any LLaMA-style) HuggingFace folder")
     src.add_argument("--tokenizer_dir", default="XiaoXin_tokenizer")
     data = p.add_argument_group("data (one of)")
@@ -333,7 +333,7 @@ def parse_args(argv):
 
 def validate(args):
     from hf_compat import check_model_source
-    check_model_source(args, STAGES)
+    check_model_source(args)
     if (args.data_dir is None) == (args.hf_dataset is None):
         raise UserError("pass exactly one of --data_dir (local CSV folder) and --hf_dataset (hub dataset).")
     if args.shots < 0 or args.limit < 0 or args.batch_size < 1:
@@ -352,24 +352,20 @@ def print_table(result: dict, title: str):
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
-    try:
-        validate(args)
-        subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
-        if args.data_dir is not None:
-            tasks, source, split = load_local(Path(args.data_dir), args.split, subjects, args.shots)
-        else:
-            tasks, source, split = load_hub(args.hf_dataset, args.split, subjects, args.shots)
-        from hf_compat import open_lm
-        lm = open_lm(hf_dir=args.hf_dir, save_dir=args.save_dir or "out", stage=args.stage, model_name=args.model,
-                     tokenizer_dir=args.tokenizer_dir, device=args.device, dtype=args.dtype)
-        result = evaluate(lm, tasks, args.shots, args.limit, args.batch_size, progress=not args.quiet)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(parse_args, run, argv)
+
+
+def run(args) -> int:
+    validate(args)
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
+    if args.data_dir is not None:
+        tasks, source, split = load_local(Path(args.data_dir), args.split, subjects, args.shots)
+    else:
+        tasks, source, split = load_hub(args.hf_dataset, args.split, subjects, args.shots)
+    from hf_compat import open_lm
+    lm = open_lm(hf_dir=args.hf_dir, save_dir=args.save_dir or "out", stage=args.stage, model_name=args.model,
+                 tokenizer_dir=args.tokenizer_dir, device=args.device, dtype=args.dtype)
+    result = evaluate(lm, tasks, args.shots, args.limit, args.batch_size, progress=not args.quiet)
     details = result.pop("details")
     result = {"model": lm.description, "data": source, "split": split,
               "format": "lm-evaluation-harness ceval-valid/cmmlu prompt, options ' A'..' D' by log-likelihood",

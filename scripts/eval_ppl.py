@@ -31,9 +31,9 @@ for p in (ROOT, ROOT / "scripts"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from trainer import UserError  # noqa: E402
+import Config  # noqa: E402
+from checkpoint import UserError, run_cli  # noqa: E402
 
-STAGES = ["pretrain", "sft", "sft_long", "distill"]
 IM_END = "<|im_end|>"
 
 
@@ -152,7 +152,7 @@ def parse_args(argv):
     p.add_argument("--data", required=True, help=".jsonl ({\"text\"} or {\"conversations\"}) or .txt file")
     p.add_argument("--model", default=None, help="expected model size (checked against the checkpoint)")
     p.add_argument("--save_dir", default=None, help="folder holding <stage>.pt (default: out)")
-    p.add_argument("--stage", default=None, help=f"one of {', '.join(STAGES)}; default: the latest present")
+    p.add_argument("--stage", default=None, help=f"one of {', '.join(Config.STAGES)}; default: the latest present")
     p.add_argument("--hf_dir", default=None, help="an exported HuggingFace folder instead of a checkpoint")
     p.add_argument("--tokenizer_dir", default="XiaoXin_tokenizer")
     p.add_argument("--score", default="auto", help="auto (conversations: assistant, else all), assistant or all")
@@ -169,7 +169,7 @@ def parse_args(argv):
 
 def validate(args):
     from hf_compat import check_model_source
-    check_model_source(args, STAGES)
+    check_model_source(args)
     if args.score not in ("auto", "assistant", "all"):
         raise UserError(f"--score {args.score!r} is not one of: auto, assistant, all.")
     if args.limit < 0 or args.max_len < 0 or args.stride < 0 or args.batch_size < 1:
@@ -197,15 +197,11 @@ def evaluate(args) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
-    try:
-        result = evaluate(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(parse_args, run, argv)
+
+
+def run(args) -> int:
+    result = evaluate(args)
     print(f"{result['data']}: ppl {result['ppl']:.3f}, loss {result['loss']:.4f} nats/token, "
           f"bits/byte {result['bits_per_byte']:.4f} ({result['tokens']} tokens scored, {result['bytes']} bytes, "
           f"{result['documents']} documents, {result['windows']} windows)")

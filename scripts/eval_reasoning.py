@@ -1,4 +1,4 @@
-"""Accuracy of a distilled checkpoint on held-out, machine-checkable reasoning problems.
+"""Accuracy of a reasoning checkpoint on held-out, machine-checkable reasoning problems.
 
     python scripts/gen_reasoning.py --n 100 --seed 123 --format eval --out data/eval/reasoning_eval.jsonl
     python scripts/eval_reasoning.py --save_dir out --stage distill [--data data/eval/reasoning_eval.jsonl]
@@ -15,28 +15,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval_model import Chat, find_stage_checkpoint  # noqa: E402
+import Config  # noqa: E402
+from checkpoint import UserError, find_stage_checkpoint, run_cli  # noqa: E402
+from eval_model import Chat  # noqa: E402
 from scripts.gen_reasoning import check_answer  # noqa: E402
-from trainer import UserError  # noqa: E402
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--save_dir", default="out")
-    p.add_argument("--stage", default="distill")
+    p.add_argument("--stage", choices=list(Config.STAGES), default=None, help="default: the latest stage present")
     p.add_argument("--data", default=str(ROOT / "data/eval/reasoning_eval.jsonl"))
     p.add_argument("--tokenizer_dir", default=str(ROOT / "XiaoXin_tokenizer"))
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    try:
-        if not Path(args.data).is_file():
-            raise UserError(f"--data {args.data} does not exist; make it with scripts/gen_reasoning.py --format eval.")
-        chat = Chat(find_stage_checkpoint(args.save_dir, args.stage), args.tokenizer_dir, "auto", "auto")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    return run_cli(parse_args, run, argv)
+
+
+def run(args) -> int:
+    if not Path(args.data).is_file():
+        raise UserError(f"--data {args.data} does not exist; make it with scripts/gen_reasoning.py --format eval.")
+    chat = Chat(find_stage_checkpoint(args.save_dir, args.stage), args.tokenizer_dir, "auto", "auto")
     problems = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     if args.limit:
         problems = problems[:args.limit]

@@ -38,15 +38,9 @@ for p in (ROOT, ROOT / "scripts"):
         sys.path.insert(0, str(p))
 
 import Config  # noqa: E402
-from trainer import UserError  # noqa: E402
+from checkpoint import (UserError, expected_config, find_stage_checkpoint, is_reasoning_stage, load_model,  # noqa: E402
+                        open_tokenizer, run_cli)
 
-STAGES = ["pretrain", "sft", "sft_long", "distill"]
-STAGE_NOTES = {
-    "pretrain": "pretrained base model (next-token prediction on plain text; not a chat model)",
-    "sft": "chat model after supervised fine-tuning on 512-token conversations",
-    "sft_long": "chat model after supervised fine-tuning on conversations up to 1024 tokens",
-    "distill": "reasoning chat model distilled from R1-style traces (`<think>…</think><answer>…</answer>`)",
-}
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 VERIFY_ATOL = 1e-4       # float32 export vs XiaoXin: same arithmetic up to kernel order
 
@@ -65,7 +59,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="expected model size (checked against the checkpoint)")
     p.add_argument("--save_dir", default="out", help="folder holding <stage>.pt")
-    p.add_argument("--stage", default=None, help=f"one of {', '.join(STAGES)}; default: the latest present")
+    p.add_argument("--stage", default=None, help=f"one of {', '.join(Config.STAGES)}; default: the latest present")
     p.add_argument("--out", required=True, help="folder to write the HF export into")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.add_argument("--tokenizer_dir", default="XiaoXin_tokenizer")
@@ -75,10 +69,9 @@ def parse_args(argv):
 
 
 def validate(args):
-    if args.model is not None and args.model not in Config.MODELS:
-        raise UserError(f"--model {args.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
-    if args.stage is not None and args.stage not in STAGES:
-        raise UserError(f"--stage {args.stage!r} is not one of: {', '.join(STAGES)}.")
+    expected_config(args.model)
+    if args.stage is not None and args.stage not in Config.STAGES:
+        raise UserError(f"--stage {args.stage!r} is not one of: {', '.join(Config.STAGES)}.")
     if args.dtype not in ("float32", "bfloat16", "float16"):
         raise UserError(f"--dtype {args.dtype!r} is not one of: float32, bfloat16, float16.")
     if not Path(args.save_dir).is_dir():
@@ -141,8 +134,9 @@ def model_card(name: str, stage: str, model, ckpt_path: Path, tok, dtype: str, c
     n_params = model.num_parameters()
     sampling = ", ".join(f"{k}={gen[k]}" for k in ("do_sample", "temperature", "top_p", "top_k",
                                                     "repetition_penalty", "max_new_tokens") if k in gen)
-    reasoning_note = ("A distilled model writes `<think>…</think>` before `<answer>…</answer>`; both tags are "
-                      "ordinary tokens and survive `skip_special_tokens=True`.") if stage == "distill" else ""
+    reasoning_note = ("This model writes `<think>…</think>` before `<answer>…</answer>`; both tags are "
+                      "ordinary tokens and survive `skip_special_tokens=True`.") if is_reasoning_stage(stage) else ""
+    about = Config.STAGES[stage].about if stage in Config.STAGES else f"model from the {stage} stage"
     return f"""---
 language:
 - zh
@@ -156,7 +150,7 @@ tags:
 # {name}
 
 XiaoXin (小新) {stage} checkpoint: a {n_params / 1e6:.1f}M-parameter LLaMA-architecture
-{STAGE_NOTES[stage]}. Trained from scratch with the XiaoXin code base; exported by
+{about}. Trained from scratch with the XiaoXin code base; exported by
 `scripts/export_hf.py` as a plain `LlamaForCausalLM`, so it needs no custom code.
 
 | | |
@@ -247,25 +241,15 @@ def compare_logits(model, out: Path, tok, dtype: str) -> float:
 
 def export(args) -> Path:
     import torch
-    from dataset import DataError, load_tokenizer
-    from eval_model import find_stage_checkpoint
     from hf_compat import to_hf_model
-    from trainer import load_model
     validate(args)
-    tok_dir = Path(args.tokenizer_dir)
-    if not tok_dir.is_dir() and (ROOT / tok_dir).is_dir():
-        tok_dir = ROOT / tok_dir
-    try:
-        tok = load_tokenizer(tok_dir)
-    except DataError as e:
-        raise UserError(str(e)) from None
+    tok = open_tokenizer(args.tokenizer_dir)
     ckpt_path = find_stage_checkpoint(args.save_dir, args.stage)
-    expected = Config.model_config(args.model) if args.model else None
-    model, ckpt = load_model(ckpt_path, expected, tok.hash)
+    model, ckpt = load_model(ckpt_path, expected_config(args.model), tok.hash)
     model.eval()
     stage = ckpt.get("stage") or ckpt_path.stem
     if tok.vocab_size > model.config.vocab_size:
-        raise UserError(f"tokenizer {tok_dir} has {tok.vocab_size} tokens but the checkpoint's vocabulary is "
+        raise UserError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the checkpoint's vocabulary is "
                         f"{model.config.vocab_size}; pass the --tokenizer_dir it was trained with.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,16 +284,7 @@ def export(args) -> Path:
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
-    try:
-        export(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(parse_args, export, argv)
 
 
 if __name__ == "__main__":

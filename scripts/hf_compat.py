@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import Config  # noqa: E402
+from checkpoint import (UserError, expected_config, find_stage_checkpoint, load_model, open_tokenizer,  # noqa: E402
+                        resolve_device)
 from Config import LLMConfig  # noqa: E402
 from model import XiaoXin  # noqa: E402
-from trainer import UserError  # noqa: E402
 
 # Buffers some older transformers versions saved with the weights; derived from the config.
 DERIVED_BUFFERS = ("rotary_emb.inv_freq",)
@@ -231,12 +233,6 @@ def xiaoxin_from_hf(hf_dir_or_model) -> XiaoXin:
 
 # ---------------------------------------------------------------- one interface for scoring
 
-def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """The trainer's --device/--dtype rules, for inference (auto on CPU is float32)."""
-    from trainer import resolve_device as resolve
-    return resolve(device, dtype, training=False)
-
-
 class ScoringLM:
     """A causal LM and its tokenizer behind the few calls the evaluation scripts need.
 
@@ -287,12 +283,12 @@ def byte_level_token_facts(tokenizer_json: Path, vocab_size: int) -> tuple[list[
     return sizes, special
 
 
-def check_model_source(args, stages):
+def check_model_source(args):
     """The checks eval_bench.py and eval_ppl.py share: a native checkpoint or --hf_dir, not both."""
     if args.hf_dir and (args.model or args.stage or args.save_dir):
         raise UserError("--hf_dir replaces --model/--save_dir/--stage; pass one or the other.")
-    if args.stage is not None and args.stage not in stages:
-        raise UserError(f"--stage {args.stage!r} is not one of: {', '.join(stages)}.")
+    if args.stage is not None and args.stage not in Config.STAGES:
+        raise UserError(f"--stage {args.stage!r} is not one of: {', '.join(Config.STAGES)}.")
     if not args.hf_dir and not Path(args.save_dir or "out").is_dir():
         raise UserError(f"--save_dir {args.save_dir or 'out'} does not exist; pass the folder holding the "
                         f"stage checkpoints, or --hf_dir.")
@@ -302,7 +298,7 @@ def open_lm(*, hf_dir=None, save_dir=None, stage=None, model_name=None, tokenize
             device="auto", dtype="auto") -> ScoringLM:
     """Load a native XiaoXin checkpoint (save_dir + stage, checked against --model) or an
     exported/other HF causal-LM folder (hf_dir) for scoring. User mistakes → UserError."""
-    dev, torch_dtype = resolve_device(device, dtype)
+    dev, torch_dtype = resolve_device(device, dtype, training=False)
     if hf_dir is not None:
         hf_dir = Path(hf_dir)
         if not (hf_dir / "config.json").is_file():
@@ -332,23 +328,9 @@ def open_lm(*, hf_dir=None, save_dir=None, stage=None, model_name=None, tokenize
         return ScoringLM(forward, encode_with_offsets, int(max_len), special, token_bytes, vocab_size,
                          tok.eos_token_id, f"hf:{hf_dir}", dev, torch_dtype)
 
-    from Config import model_config
-    from dataset import DataError, load_tokenizer
-    from eval_model import find_stage_checkpoint
-    from trainer import load_model
-    tok_path = Path(tokenizer_dir)
-    if not tok_path.is_dir() and (ROOT / tok_path).is_dir():
-        tok_path = ROOT / tok_path
-    try:
-        tok = load_tokenizer(tok_path)
-    except DataError as e:
-        raise UserError(str(e)) from None
-    try:
-        expected = model_config(model_name) if model_name else None
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    tok = open_tokenizer(tokenizer_dir)
     checkpoint = find_stage_checkpoint(save_dir, stage)
-    model, _ = load_model(checkpoint, expected, tok.hash)
+    model, _ = load_model(checkpoint, expected_config(model_name), tok.hash)
     model = model.to(dev, torch_dtype).eval()
     token_bytes, special = byte_level_token_facts(tok.path / "tokenizer.json", model.config.vocab_size)
 

@@ -1,11 +1,11 @@
-"""The whole XiaoXin pipeline in one command: pretrain → SFT → SFT_long → distill → chat.
+"""The whole XiaoXin pipeline in one command: every stage of Config.STAGES in order, then chat.
 
     python scripts/run_demo.py                  # demo data when the real files are absent
     python scripts/run_demo.py --model tiny --max_steps 5     # any flag is passed to every stage
 
-Runs the four stage scripts in order with the same flags (so they chain through the
-same --save_dir), then asks the model after each stage a few questions, greedily,
-and prints the answers with each stage's final losses and wall time.
+Runs the stage scripts (pretrain → SFT → SFT_long → distill) in order with the same flags
+(so they chain through the same --save_dir), prints each stage's final losses and wall time,
+then asks the first chat model (after SFT) and the final one a few questions, greedily.
 """
 import sys
 import time
@@ -25,15 +25,16 @@ def flag_value(argv, name, default):
 def main(argv=None) -> int:
     import json
 
-    import SFT, SFT_long, distill, pretrain
+    import Config
     from eval_model import Chat
+    from trainer import run_script
     argv = list(sys.argv[1:] if argv is None else argv)
     save_dir = Path(flag_value(argv, "--save_dir", "out"))
     timings = {}
-    for stage, module in (("pretrain", pretrain), ("sft", SFT), ("sft_long", SFT_long), ("distill", distill)):
+    for stage in Config.STAGES:
         print(f"\n===== {stage} =====", flush=True)
         t = time.perf_counter()
-        code = module.main(argv)
+        code = run_script(stage, argv)
         timings[stage] = time.perf_counter() - t
         if code:
             print(f"{stage} failed (exit {code}); stopping the pipeline.", file=sys.stderr)
@@ -41,11 +42,12 @@ def main(argv=None) -> int:
     print("\n===== results =====")
     for stage, seconds in timings.items():
         r = json.loads((save_dir / f"{stage}.json").read_text())["results"]
-        val = f"{r['final_val_loss']:.3f}" if r["final_val_loss"] is not None else "n/a"
+        val = f"{r['final_val_loss']:.3f}" if r.get("final_val_loss") is not None else "n/a"
         print(f"{stage:9s} train loss {r['final_train_loss']:.3f}  validation loss {val}  {seconds:6.0f} s")
     print(f"total {sum(timings.values()):.0f} s")
     tokenizer_dir = flag_value(argv, "--tokenizer_dir", str(ROOT / "XiaoXin_tokenizer"))
-    for stage in ("sft", "distill"):
+    chat_stages = [s for s, entry in Config.STAGES.items() if entry.data_kind == "sft"][:1] + list(Config.STAGES)[-1:]
+    for stage in dict.fromkeys(chat_stages):
         chat = Chat(save_dir / f"{stage}.pt", tokenizer_dir, device="cpu", dtype="float32")
         print(f"\n----- answers after {stage} (greedy) -----")
         for prompt in SAMPLE_PROMPTS:

@@ -13,7 +13,8 @@ stream, stream_options.include_usage, max_completion_tokens (or max_tokens), tem
 top_p, seed, and the common extensions top_k and repetition_penalty; defaults come from
 Config.GENERATION. Other OpenAI fields (stop, tools, logprobs, …) are ignored; n must be 1.
 History that does not fit the model's context is dropped oldest-first; a newest message
-that cannot fit alone is a 400. A distilled model's <think> part comes back apart, as
+that cannot fit alone is a 400. A reasoning model's (a stage with reasoning=True in
+Config.STAGES, e.g. distill) <think> part comes back apart, as
 `reasoning_content` (also in streamed deltas), and its answer as `content`.
 
 One reply is generated at a time, on a worker thread, so the event loop keeps accepting
@@ -47,8 +48,8 @@ from starlette.staticfiles import StaticFiles  # noqa: E402
 
 import Config  # noqa: E402
 from dataset import render_chat  # noqa: E402
+from checkpoint import UserError, run_cli  # noqa: E402
 from eval_model import Chat, add_checkpoint_args, open_chat  # noqa: E402
-from trainer import UserError  # noqa: E402
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -225,9 +226,10 @@ class Engine:
 
 class ReasoningSplitter:
     """Turns a streamed '<think>…</think><answer>…</answer>' reply into ("reasoning_content", text)
-    and ("content", text) deltas: tags removed, each part stripped, as split_reasoning does for
-    the whole text. A reply that does not open with <think> is all answer (split_reasoning would
-    also drop any text before a later <think>, which a stream has already sent)."""
+    and ("content", text) deltas: tags removed, each part stripped, as splitting the whole text
+    would (tests/test_serve.py holds that reference). A reply that does not open with <think> is
+    all answer (the whole-text split would also drop any text before a later <think>, which a
+    stream has already sent)."""
 
     def __init__(self):
         self.field = None          # None until the first non-space text decides
@@ -294,7 +296,7 @@ def error_response(message: str, status: int, param: str | None = None,
 def create_app(chat: Chat, model_name: str) -> Starlette:
     """The ASGI app: the OpenAI-compatible API under /v1 and the chat page at /."""
     engine = Engine(chat)
-    split = chat.stage == "distill"
+    split = chat.reasoning
 
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [
@@ -449,18 +451,14 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
-    try:
-        if not 0 <= args.port <= 65535:
-            raise UserError(f"--port {args.port} is out of range; use 1-65535 (or 0 for any free port).")
-        sock = bind_socket(args.host, args.port)
-        chat, checkpoint = open_chat(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(parse_args, serve, argv)
+
+
+def serve(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is out of range; use 1-65535 (or 0 for any free port).")
+    sock = bind_socket(args.host, args.port)
+    chat, checkpoint = open_chat(args)
     name = args.served_model_name or f"xiaoxin-{chat.stage or 'model'}"
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{sock.getsockname()[1]}"

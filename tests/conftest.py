@@ -1,5 +1,5 @@
 """Shared fixtures: the repo on sys.path, an isolated output layout, and one tiny model
-trained through all four stages on the bundled demo data (built once per test session)."""
+trained through every stage of Config.STAGES on the bundled demo data (built once per test session)."""
 import os
 import sys
 from pathlib import Path
@@ -12,12 +12,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 SHARED = ROOT.parent / "shared" / "data"
 DEMO = ROOT / "data" / "demo"
 
+# Short runs for the fixture; a stage not listed gets the default (its demo profile's lengths).
 TINY_STAGE_ARGS = {
     "pretrain": ["--max_seq_len", "128", "--batch_size", "8", "--max_steps", "6"],
     "sft": ["--max_seq_len", "512", "--batch_size", "8", "--max_steps", "4"],
-    "sft_long": ["--max_seq_len", "1024", "--batch_size", "4", "--max_steps", "2"],
-    "distill": ["--max_seq_len", "1024", "--batch_size", "4", "--max_steps", "2"],
 }
+
+
+def tiny_stage_args(stage: str) -> list[str]:
+    import Config
+    if stage in TINY_STAGE_ARGS:
+        return TINY_STAGE_ARGS[stage]
+    return ["--max_seq_len", str(Config.STAGES[stage].demo.get("max_seq_len", 512)), "--batch_size", "4",
+            "--max_steps", "2"]
 
 
 def run_args(out: Path, *extra) -> list[str]:
@@ -35,9 +42,10 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """out dir holding tiny pretrain/sft/sft_long/distill checkpoints trained on the demo data."""
-    import SFT, SFT_long, distill, pretrain
+    """out dir holding a tiny checkpoint of every registered stage, trained in order on the demo data."""
+    import Config
+    from trainer import run_script
     out = tmp_path_factory.mktemp("trained")
-    for stage, module in (("pretrain", pretrain), ("sft", SFT), ("sft_long", SFT_long), ("distill", distill)):
-        assert module.main(run_args(out, *TINY_STAGE_ARGS[stage])) == 0, stage
+    for stage in Config.STAGES:
+        assert run_script(stage, run_args(out, *tiny_stage_args(stage))) == 0, stage
     return out

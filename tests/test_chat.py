@@ -25,7 +25,8 @@ def test_prompts_file_prints_one_json_line_per_prompt(trained, tmp_path, capsys)
 
 
 def test_latest_stage_is_the_default_and_missing_stage_is_an_error(trained, tmp_path, capsys):
-    assert eval_model.find_stage_checkpoint(trained / "ckpt", None).name == "distill.pt"
+    from checkpoint import find_stage_checkpoint
+    assert find_stage_checkpoint(trained / "ckpt", None).name == "distill.pt"
     assert eval_model.main(["--save_dir", str(tmp_path), "--prompt", "hi"]) == 2
     assert "holds no trained stage" in capsys.readouterr().err
     assert eval_model.main(["--save_dir", str(trained / "ckpt"), "--prompt", "hi", "--model", "default"]) == 2
@@ -45,11 +46,6 @@ def test_history_is_dropped_oldest_first(trained):
     assert len(ids) <= chat.max_len - 200
     assert text.startswith("<|im_start|>system\n你是小新。") and "最后的问题" in text
     assert "第39个回答" in text and "第0个问题" not in text
-
-
-def test_split_reasoning():
-    assert eval_model.split_reasoning("<think>\n想一想\n</think>\n<answer>\n答案\n</answer>") == ("想一想", "答案")
-    assert eval_model.split_reasoning("没有标签") == ("", "没有标签")
 
 
 def test_download_fails_offline_with_one_sentence(tmp_path, monkeypatch, capsys):

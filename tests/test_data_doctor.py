@@ -235,10 +235,11 @@ def test_loss_ranks_gibberish_first(trained, gibberish_file, tmp_path):
 
 
 def test_loss_is_the_trainers_loss_on_the_loaders_batches(trained, gibberish_file, tmp_path, tokenizer):
-    """Per-sample loss, computed in length-sorted batches of 4, equals token_loss_sum over the
-    batch dataset.py feeds the trainer (its tokens, targets, loss mask and padding)."""
+    """Per-sample loss, computed in length-sorted batches of 4, equals the trainer's cross-entropy
+    over the batch dataset.py feeds the trainer (its tokens, targets, loss mask and padding)."""
+    from checkpoint import load_model
     from dataset import make_dataset
-    from trainer import load_model, token_loss_sum
+    from losses import masked_cross_entropy
     path = gibberish_file[0]
     out = tmp_path / "all.jsonl"
     assert data_doctor.main(["loss", str(path), "--save_dir", str(trained / "ckpt"), "--stage", "sft", "--top", "99",
@@ -253,7 +254,7 @@ def test_loss_is_the_trainers_loss_on_the_loaders_batches(trained, gibberish_fil
         logits = model(torch.from_numpy(b.input_ids)).logits
     for row, line in enumerate(b.lines):
         mask = torch.from_numpy(b.loss_mask[row:row + 1])
-        loss_sum = token_loss_sum(logits[row:row + 1], torch.from_numpy(b.targets[row:row + 1]), mask)
+        loss_sum = masked_cross_entropy(logits[row:row + 1], torch.from_numpy(b.targets[row:row + 1]), mask).sum()
         assert scored[int(line)]["loss_tokens"] == int(mask.sum())
         assert scored[int(line)]["loss"] == pytest.approx(float(loss_sum) / float(mask.sum()), abs=2e-4)
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import eval_bench  # noqa: E402
 import eval_ppl  # noqa: E402
 from dataset import check_pretrain, render_chat  # noqa: E402
-from trainer import load_model  # noqa: E402
+from checkpoint import load_model  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "ceval_tiny"
 CEVAL = SHARED / "ceval"

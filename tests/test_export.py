@@ -15,7 +15,7 @@ from Config import GENERATION, LLMConfig  # noqa: E402
 from dataset import render_chat  # noqa: E402
 from hf_compat import IncompatibleModel, xiaoxin_from_hf  # noqa: E402
 from model import XiaoXin  # noqa: E402
-from trainer import load_model  # noqa: E402
+from checkpoint import load_model  # noqa: E402
 
 CONVERSATIONS = [
     [{"role": "user", "content": "你好，请介绍一下你自己。"}],

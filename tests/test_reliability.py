@@ -93,15 +93,15 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, corpus):
 
 
 def test_non_finite_steps_are_skipped_then_stop_with_source_lines(tmp_path, corpus, monkeypatch, capsys):
-    import trainer
-    real = trainer.token_loss_sum
+    import losses
+    real = losses.cross_entropy
     calls = {"n": 0}
 
-    def sometimes_nan(logits, targets, mask):
+    def sometimes_nan(model, batch):      # the stage's objective, as Config.STAGES names it
         calls["n"] += 1
-        loss = real(logits, targets, mask)
-        return loss * float("nan") if calls["n"] == 2 else loss
-    monkeypatch.setattr(trainer, "token_loss_sum", sometimes_nan)
+        rows, metrics = real(model, batch)
+        return (rows * float("nan") if calls["n"] == 2 else rows), metrics
+    monkeypatch.setattr(losses, "cross_entropy", sometimes_nan)
     common = ["--data_path", str(corpus), "--max_seq_len", "16", "--batch_size", "2", "--max_steps", "4", "--val_path", "",
               "--accumulation_steps", "1"]
     assert pretrain.main(run_args(tmp_path / "a", *common)) == 0
@@ -111,7 +111,7 @@ def test_non_finite_steps_are_skipped_then_stop_with_source_lines(tmp_path, corp
     steps = [json.loads(line) for line in (tmp_path / "a" / "log" / "Pretrain_steps.jsonl").read_text().splitlines()]
     assert steps[1]["step"] == 2 and steps[1]["spike"] and steps[1]["all_lines"]   # traceable to its source lines
 
-    monkeypatch.setattr(trainer, "token_loss_sum", lambda *a: real(*a) * float("nan"))
+    monkeypatch.setattr(losses, "cross_entropy", lambda model, batch: (real(model, batch)[0] * float("nan"), {}))
     assert pretrain.main(run_args(tmp_path / "b", *common, "--max_bad_steps", "2")) == 2
     err = capsys.readouterr().err
     assert "2 optimiser steps in a row had a non-finite loss" in err and "pt.jsonl" in err
