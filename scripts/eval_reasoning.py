@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 import Config  # noqa: E402
 from checkpoint import UserError, find_stage_checkpoint, run_cli  # noqa: E402
 from eval_model import Chat  # noqa: E402
-from scripts.gen_reasoning import check_answer  # noqa: E402
+from grader import check_answer  # noqa: E402
 
 
 def parse_args(argv):

@@ -59,7 +59,8 @@ def test_download_fails_offline_with_one_sentence(tmp_path, monkeypatch, capsys)
 
 def test_reasoning_accuracy_tool_scores_with_the_generator_checker(trained, tmp_path, capsys):
     import runpy
-    from scripts.gen_reasoning import check_answer, generate
+    from grader import check_answer
+    from scripts.gen_reasoning import generate
     problem = generate(1, seed=5)[0]
     assert check_answer(problem["kind"], problem["expected"], f"<think>\n…\n</think>\n<answer>\n{problem['answer']}\n</answer>")
     module = runpy.run_path(str(ROOT / "scripts" / "eval_reasoning.py"))
