@@ -11,7 +11,8 @@ Adding a stage
 --------------
 1. An entry in Config.STAGES. Flags of its own: make its `train` a TrainConfig subclass
    (in Config.py); every field becomes a flag.
-2. A script of a few lines (see SFT.py): `sys.exit(run_stage("name", argv))`.
+2. A script of a few lines (see SFT.py) whose `main(argv=None)` returns `run_stage("name", argv)`;
+   the demo runner and the tests call that `main` (run_script).
 3. If its objective differs, one function `loss(model, batch) -> (row_sums, metrics)`, named
    by the entry's `loss` (losses.py says what it returns). Extra inputs ride in batch.extra.
 4. If its batches do not come from a jsonl token cache (reinforcement learning samples them
@@ -27,7 +28,9 @@ Adding a stage
        this rank's micro-batches (dataset.Batch of numpy arrays or tensors, any device) for
        optimiser step `step`, and the loss-mask tokens of the whole step over all ranks
        (all_reduce that count when batches are made on the fly). The loop moves each batch
-       to the device, calls the loss, and divides by n_loss_tokens.
+       to the device, calls the loss, and divides by n_loss_tokens. `batch.lines` holds ids
+       that trace a step back to its data (source lines, prompt indices; may be empty). Sample
+       from self.raw_model (self.model may be the DDP wrapper, which the loss gets).
    evaluate(self) -> dict[str, float]
        validation numbers to log, e.g. {"val_accuracy": 0.41}; {} when there is nothing to
        validate on. The last ones go into <stage>.json's results as final_<name>.

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from checkpoint import open_tokenizer, resolve_device  # noqa: E402
 from Config import model_config  # noqa: E402
 from model import XiaoXin  # noqa: E402
 from losses import masked_cross_entropy  # noqa: E402
@@ -227,8 +228,8 @@ def bench_decode(args, device, results):
 
 
 def bench_data(args, results):
-    from dataset import epoch_batches, load_tokenizer, make_dataset, padding_fraction
-    tok = load_tokenizer(ROOT / "XiaoXin_tokenizer")
+    from dataset import epoch_batches, make_dataset, padding_fraction
+    tok = open_tokenizer("XiaoXin_tokenizer")
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path, seq_len, batch in (("sft_512", ROOT / "data/demo/sft_512.jsonl", 512, 32),
@@ -360,9 +361,8 @@ def main(argv=None) -> int:
                    choices=["train", "decode", "data", "e2e"])
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    args.decode_dtype = args.decode_dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    device, inference_dtype = resolve_device(args.device, "auto", training=False)
+    args.decode_dtype = args.decode_dtype or str(inference_dtype).removeprefix("torch.")
     results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "args": vars(args)}
     for section in args.sections:

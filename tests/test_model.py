@@ -274,3 +274,31 @@ def test_compiled_rope_gradients_are_finite():
     for eager, compiled in zip(*grads):
         assert torch.isfinite(compiled).all()
         assert (compiled - eager).abs().max().item() <= 0.05 * eager.abs().max().item()
+
+
+def test_library_callers_sample_with_config_generation(tmp_path, monkeypatch):
+    """model.generate and Chat.stream_ids, called without sampling arguments, sample exactly as
+    eval_model.py, the server and the HF export do: with Config.GENERATION."""
+    import model as model_module
+    from checkpoint import save_atomic
+    from Config import GENERATION
+    from eval_model import Chat
+    used = []
+    real = model_module.sample_next
+
+    def recording(logits, temperature, top_k, top_p, repetition_penalty, seen, generator):
+        used.append((temperature, top_k, top_p, repetition_penalty))
+        return real(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
+    monkeypatch.setattr(model_module, "sample_next", recording)
+    expected = {(GENERATION["temperature"], GENERATION["top_k"], GENERATION["top_p"], GENERATION["repetition_penalty"])}
+
+    model = trained_like_tiny()
+    tokens = list(model.generate(torch.randint(0, 500, (1, 5))))
+    assert len(tokens) == min(GENERATION["max_new_tokens"], model.config.max_seq_len - 5) and set(used) == expected
+
+    used.clear()
+    tiny = XiaoXin(model_config("tiny"))
+    save_atomic({"model": tiny.state_dict(), "config": tiny.config.to_dict(), "stage": "sft"}, tmp_path / "sft.pt")
+    chat = Chat(tmp_path / "sft.pt", ROOT / "XiaoXin_tokenizer", "cpu", "float32")
+    list(chat.stream_ids(chat.prompt_ids([{"role": "user", "content": "你好"}], 8), max_new_tokens=8))
+    assert used and set(used) == expected

@@ -1,5 +1,6 @@
 """Stages are data: a new stage is one Config.STAGES entry and a script of a few lines (plus, for
 another objective, one loss function), and every program picks it up with no other edit."""
+import dataclasses
 import json
 import shutil
 import sys
@@ -79,10 +80,16 @@ def test_a_stage_is_one_registry_entry_and_a_short_script(trained, tmp_path, mon
     assert eval_model.main(["--save_dir", str(out / "ckpt"), "--stage", "sft_twice", "--prompt", "hi"]) == 2
 
 
-def test_a_stage_with_its_own_objective_and_batch_fields(tmp_path, monkeypatch, trained):
-    """A loss that reads an extra per-row array its Trainer subclass attaches to every batch:
-    the loop moves the array to the device, optimises that loss, and logs its metrics to the
-    console line, the steps jsonl, the history and the plot."""
+@dataclasses.dataclass
+class WeightedConfig(Config.TrainConfig):
+    """A stage's own hyperparameter: a TrainConfig subclass, whose fields become flags."""
+    row_weight: float = 1.0
+
+
+def test_a_stage_with_its_own_objective_flags_and_batch_fields(tmp_path, monkeypatch, trained):
+    """A loss that reads an extra per-row array its Trainer subclass attaches to every batch
+    (sized by the stage's own flag): the loop moves the array to the device, optimises that
+    loss, and logs its metrics to the console line, the steps jsonl, the history and the plot."""
     from trainer import run_script
     body = '''
 
@@ -90,7 +97,7 @@ class WeightedTrainer(Trainer):
     def step_batches(self, step):
         epoch, batches, n_loss_tokens = super().step_batches(step)
         for b in batches:
-            b.extra["row_weight"] = np.full(len(b.input_ids), 0.25, dtype=np.float32)
+            b.extra["row_weight"] = np.full(len(b.input_ids), self.cfg.row_weight, dtype=np.float32)
         return epoch, batches, n_loss_tokens
 
 
@@ -103,11 +110,12 @@ def weighted_loss(model, batch):
 '''
     imports = "import numpy as np\n\nfrom losses import cross_entropy\nfrom trainer import Trainer\n"
     add_stage(monkeypatch, tmp_path, "weighted_sft", "cross-entropy weighted per row.", imports=imports,
-              body=body, trainer="WeightedTrainer", loss="weighted_sft.weighted_loss")
+              body=body, trainer="WeightedTrainer", loss="weighted_sft.weighted_loss",
+              train=WeightedConfig(data_path=str(DEMO / "sft_1024.jsonl"), max_seq_len=512))
     add_stage(monkeypatch, tmp_path, "plain_sft", "the same stage with the shipped objective.")
     common = ["--batch_size", "4", "--max_steps", "3", "--val_path", "", "--accumulation_steps", "2",
               "--cache_dir", str(trained / "cache"), "--init_from", str(trained / "ckpt" / "sft.pt")]
-    assert run_script("weighted_sft", run_args(tmp_path / "w", *common)) == 0
+    assert run_script("weighted_sft", run_args(tmp_path / "w", *common, "--row_weight", "0.25", "--save_step", "2")) == 0
     assert run_script("plain_sft", run_args(tmp_path / "p", *common)) == 0
 
     weighted = [json.loads(x) for x in (tmp_path / "w" / "log" / "weighted_sft_steps.jsonl").read_text().splitlines()]
@@ -119,7 +127,10 @@ def weighted_loss(model, batch):
     log = (tmp_path / "w" / "log" / "weighted_sft.log").read_text()
     assert " row_weight 0.25 " in log and " masked_tokens " in log
     ckpt = torch.load(tmp_path / "w" / "ckpt" / "weighted_sft.pt", weights_only=True)
-    assert ckpt["stage"] == "weighted_sft"
+    record = json.loads((tmp_path / "w" / "ckpt" / "weighted_sft.json").read_text())
+    assert ckpt["stage"] == "weighted_sft" and record["train_config"]["row_weight"] == 0.25
+    resume = torch.load(tmp_path / "w" / "ckpt" / "checkpoints" / "weighted_sft" / "step_0000002.pt", weights_only=True)
+    assert resume["history"]["row_weight"] == [0.25, 0.25] and len(resume["history"]["masked_tokens"]) == 2
     assert (tmp_path / "w" / "assets" / "weighted_sft_loss.png").stat().st_size > 0
 
 
