@@ -13,8 +13,8 @@ so all three see the same arithmetic. An objective is a function
   sums the rows and divides by the loss-mask tokens of the whole optimiser step (every
   micro-batch, every rank), so accumulation and data parallelism do not change the loss:
   token-level normalisation, which is also DAPO's choice for policy gradients (arXiv:2503.14476).
-- `metrics`: {name: (sum, count)} of tensors (or numbers), e.g. {"kl": ((kl * mask).sum(),
-  mask.sum())}. The trainer adds sums and counts over micro-batches, steps and ranks and logs
+- `metrics`: {name: (sum, count)}, each a tensor on the batch's device or a Python number, e.g.
+  {"kl": ((kl * mask).sum(), mask.sum()), "reward": (rewards.sum(), len(rewards))}. The trainer adds sums and counts over micro-batches, steps and ranks and logs
   sum / count (console, log file, SwanLab, steps jsonl, plots) without a host sync per micro-step;
   in validation they appear as val_<name>.
 

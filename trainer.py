@@ -217,10 +217,14 @@ def init_distributed(device_name: str) -> Dist:
 # ---------------------------------------------------------------- metrics
 
 def add_metrics(pairs: dict, metrics: dict, device) -> dict:
-    """pairs[name] += (sum, count) for each metric a loss returned, on the device: no host sync."""
+    """pairs[name] += (sum, count) for each metric a loss returned, on the device: no host sync.
+    (A Python number becomes a device tensor by a fill kernel, not a host-to-device copy.)"""
+    def on_device(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(device, torch.float64).sum()
+        return torch.full((), float(value), dtype=torch.float64, device=device)
     for name, (total, count) in metrics.items():
-        pair = torch.stack([torch.as_tensor(total, device=device).detach().double().sum(),
-                            torch.as_tensor(count, device=device).detach().double().sum()])
+        pair = torch.stack([on_device(total), on_device(count)])
         pairs[name] = pairs[name] + pair if name in pairs else pair
     return pairs
 
