@@ -107,9 +107,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, key_mask=None):
         """The whole sequence at once (training, scoring, a prompt); with `cache`, its keys and
-        values are stored for decode() to continue from."""
+        values are stored for decode() to continue from. `key_mask` (B × T, bool; False at
+        left padding) keeps every real token from seeing padding."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -119,8 +120,16 @@ class Attention(nn.Module):
             cache.prefill(self.layer_index, k, v)
         # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads;
         # enable_gqa lets the kernel share them instead of copying K/V once per query head.
-        # is_causal: no T × T mask is materialised.
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        gqa = self.n_kv_heads != self.n_heads
+        if key_mask is None:
+            # is_causal: no T × T mask is materialised.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            # Causal, and padding keys hidden; a padding query sees itself, so no softmax row is empty.
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            itself = torch.eye(T, dtype=torch.bool, device=x.device)
+            mask = causal & (key_mask[:, None, None, :T] | itself)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -139,7 +148,7 @@ class Attention(nn.Module):
         qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1).view(B, H + 2 * KV, self.head_dim)
         qk = rope_halves(qkv[:, :H + KV], cos, sin)
         k, v = qk[:, H:], qkv[:, H + KV:]
-        if visible is None:
+        if not torch.is_tensor(pos):
             cache.k[self.layer_index][:, :, pos] = k
             cache.v[self.layer_index][:, :, pos] = v
             keys = cache.k[self.layer_index][:, :, :pos + 1]
@@ -177,8 +186,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+    def forward(self, x, cos, sin, cache=None, key_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, key_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def decode(self, x, cos, sin, cache, pos, visible=None):
@@ -236,11 +245,11 @@ class XiaoXin(nn.Module):
             self._decode_fn = CompileOrEager(self._decode, warn or print, dynamic=False,
                                              options={"cpp_wrapper": True} if cpu else None)
 
-    def _decode(self, token, pos, cache: KVCache, span: int | None = None):
+    def _decode(self, token, pos, cache: KVCache, span: int | None = None, key_mask=None):
         """Logits (B × V, fp32) for one new token per row, read from and written to cache.
         Dynamic: pos is an int. Static (span given): pos is a 1-element tensor and attention
         covers the first `span` cache slots with the unwritten ones masked, so the shapes stay
-        fixed while span does."""
+        fixed while span does. `key_mask` (B × ≥ span, bool) hides left padding."""
         half = self.config.head_dim // 2
         if span is None:
             cos, sin, visible = self.rope_cos[pos, :half], self.rope_sin[pos, :half], None
@@ -248,6 +257,10 @@ class XiaoXin(nn.Module):
             cos = self.rope_cos[:, :half].index_select(0, pos)
             sin = self.rope_sin[:, :half].index_select(0, pos)
             visible = (torch.arange(span, device=token.device) <= pos).view(1, -1)
+        if key_mask is not None:
+            width = pos + 1 if span is None else span
+            rows = key_mask[:, :width].view(key_mask.shape[0], 1, 1, width)
+            visible = rows if visible is None else rows & visible
         cos, sin = cos.to(cache.dtype), sin.to(cache.dtype)
         x = self.embed_tokens(token)
         for layer in self.layers:
@@ -257,16 +270,17 @@ class XiaoXin(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def forward(self, input_ids, cache: KVCache | None = None, last_only: bool = False):
+    def forward(self, input_ids, cache: KVCache | None = None, last_only: bool = False, key_mask=None):
         """Logits for a whole sequence from position 0; `cache` (generate's prefill) keeps its keys
-        and values, `last_only` computes the last position's logits only."""
+        and values, `last_only` computes the last position's logits only, `key_mask` (B × T bool,
+        False at left padding) hides padding from every real token."""
         T = input_ids.shape[1]
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x = layer(x, cos, sin, cache)
+            x = layer(x, cos, sin, cache, key_mask)
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
@@ -276,7 +290,7 @@ class XiaoXin(nn.Module):
     def generate(self, input_ids, max_new_tokens: int = GENERATION["max_new_tokens"],
                  temperature: float = GENERATION["temperature"], top_k: int = GENERATION["top_k"],
                  top_p: float = GENERATION["top_p"], repetition_penalty: float = GENERATION["repetition_penalty"],
-                 eos_token_id=None, generator: torch.Generator | None = None):
+                 eos_token_id=None, generator: torch.Generator | None = None, attention_mask=None):
         """Yield each new token as it is sampled: an int for batch 1, else a (B,) tensor.
         The sampling defaults are Config.GENERATION's, as in chat, serving and the HF export.
 
@@ -284,6 +298,10 @@ class XiaoXin(nn.Module):
         logits of every token already present in prompt or output are divided by the penalty
         when positive and multiplied when negative. Stops after an eos token (which is yielded),
         after max_new_tokens, or when max_seq_len is reached.
+
+        Prompts of different lengths go in one batch left-padded, with `attention_mask` (B × T,
+        1 for prompt tokens, 0 for the padding before them). RoPE attention depends only on the
+        distance between tokens, so each row then decodes as it would alone (tested).
         """
         B, T = input_ids.shape
         if T == 0:
@@ -304,7 +322,14 @@ class XiaoXin(nn.Module):
             seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=input_ids.device)
             seen.scatter_(1, input_ids, True)
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        logits = self(input_ids, cache=cache, last_only=True).logits[:, -1].float()
+        key_mask = None
+        if attention_mask is not None:
+            real = attention_mask.to(input_ids.device).bool()
+            key_mask = torch.ones(B, cache.max_len, dtype=torch.bool, device=input_ids.device)
+            key_mask[:, :T] = real
+            if seen is not None:   # padding is not "already present": count each row's own tokens
+                seen.zero_().scatter_(1, torch.where(real, input_ids, input_ids[:, -1:]), True)
+        logits = self(input_ids, cache=cache, last_only=True, key_mask=key_mask).logits[:, -1].float()
         for pos in range(T, total):
             next_token = sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
             if B == 1:
@@ -328,9 +353,9 @@ class XiaoXin(nn.Module):
                 position = torch.tensor([pos], device=input_ids.device)
                 # Attend over the cache in steps of STATIC_SPAN slots, not all max_seq_len of them.
                 span = min(cache.max_len, (pos // STATIC_SPAN + 1) * STATIC_SPAN)
-                logits = self._decode_fn(next_token.view(B, 1), position, cache, span)
+                logits = self._decode_fn(next_token.view(B, 1), position, cache, span, key_mask)
             else:
-                logits = self._decode(next_token.view(B, 1), pos, cache)
+                logits = self._decode(next_token.view(B, 1), pos, cache, None, key_mask)
 
 
 class CompileOrEager:

@@ -142,6 +142,31 @@ def test_batched_generation_matches_single():
         assert batched[i].tolist() == list(model.generate(prompts[i:i + 1], 12, temperature=0))
 
 
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_left_padded_batch_decodes_each_row_as_alone(mode):
+    """Prompts of different lengths in one left-padded batch: every row's greedy tokens, with and
+    without a repetition penalty, equal that prompt's decoding on its own, and the prefill
+    logits of its real tokens equal an unpadded forward (so padding is really hidden)."""
+    model = trained_like_tiny()
+    model.set_decode_mode(mode)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(10, 500, (n,), generator=g).tolist() for n in (5, 11, 2, 11, 7)]
+    T = max(map(len, prompts))
+    x = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        logits = model(x, key_mask=mask.bool()).logits
+        for i, p in enumerate(prompts):
+            alone = model(torch.tensor([p])).logits[0]
+            torch.testing.assert_close(logits[i, T - len(p):], alone, rtol=1e-4, atol=1e-4)
+    for penalty in (1.0, 1.3):
+        batched = torch.stack(list(model.generate(x, 10, temperature=0, repetition_penalty=penalty,
+                                                  attention_mask=mask)), dim=1)
+        for i, p in enumerate(prompts):
+            single = list(model.generate(torch.tensor([p]), 10, temperature=0, repetition_penalty=penalty))
+            assert batched[i].tolist() == single, (mode, penalty, i)
+
+
 def test_sampling_filters_match_hf_processors():
     from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor,
                                                         TemperatureLogitsWarper, TopKLogitsWarper,
