@@ -96,6 +96,9 @@ class TrainConfig:
     max_bad_steps: int = 10             # stop after this many non-finite steps in a row
     tracker: str = "swanlab"            # swanlab | none
     tokenizer_dir: str = "XiaoXin_tokenizer"
+    optimizer: str = "adamw"            # adamw | muon (Muon on the 2-D hidden matrices, AdamW on the rest)
+    reasoning_problems: int = 0         # add this many generated reasoning problems (scripts/gen_reasoning.py,
+                                        # seeded by --seed, never a held-out question) to the training data
     stage: str = ""                     # set from the STAGES key; not a flag
 
 

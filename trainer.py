@@ -41,6 +41,7 @@ Adding a stage
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -58,7 +59,7 @@ import Config
 from Config import LLMConfig, TrainConfig, model_config
 from checkpoint import (ROOT, UserError, load_checkpoint, open_tokenizer, previous_stage_checkpoint, resolve_device,
                         save_atomic, stage_weights)
-from dataset import DataError, epoch_batches, make_dataset, padding_fraction
+from dataset import DataError, epoch_batches, file_sha256, make_dataset, padding_fraction
 from losses import stage_loss, to_device
 from model import CompileOrEager, XiaoXin
 
@@ -112,7 +113,7 @@ def validate(cfg: TrainConfig):
     if cfg.model not in Config.MODELS:
         raise UserError(f"--model {cfg.model!r} is unknown; choose one of: {', '.join(Config.MODELS)}.")
     choices = {"dtype": ("auto", "float32", "bfloat16", "float16"), "compile": ("auto", "on", "off"),
-               "tracker": ("swanlab", "none")}
+               "tracker": ("swanlab", "none"), "optimizer": ("adamw", "muon")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name} {getattr(cfg, name)!r} is not one of: {', '.join(allowed)}.")
@@ -120,6 +121,10 @@ def validate(cfg: TrainConfig):
     for name in positive:
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1 (got {getattr(cfg, name)}).")
+    if cfg.reasoning_problems < 0:
+        raise UserError(f"--reasoning_problems must be 0 or more (got {cfg.reasoning_problems}).")
+    if cfg.reasoning_problems and Config.STAGES[cfg.stage].data_kind != "sft":
+        raise UserError(f"--reasoning_problems adds conversations; the {cfg.stage} stage trains on plain text.")
     if not cfg.learning_rate > 0:
         raise UserError(f"--learning_rate must be positive (got {cfg.learning_rate}).")
     if cfg.max_seq_len > model_config(cfg.model).max_seq_len:
@@ -146,12 +151,54 @@ def set_numpy_rng_state(state):
 
 
 def configure_optimizer(model, cfg: TrainConfig, device):
-    # Weight decay on matrices only: decaying norms' gains toward 0 only hurts.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
+    """AdamW (weight decay on matrices only: decaying norms' gains toward 0 only hurts), or with
+    --optimizer muon, Muon on the attention and MLP matrices and AdamW on the rest."""
+    hidden = [p for name, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in name
+              and "lm_head" not in name] if cfg.optimizer == "muon" else []
+    taken = {id(p) for p in hidden}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in taken]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8,
-                             fused=device.type == "cuda")
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8,
+                              fused=device.type == "cuda")
+    if not hidden:
+        return adamw
+    # Muon (Jordan et al. 2024; Liu et al., arXiv:2502.16982) orthogonalises each matrix's momentum
+    # by Newton-Schulz iterations. "match_rms_adamw" scales its update to AdamW's RMS, so one
+    # --learning_rate serves both. The embedding (tied to the output head) stays with AdamW, as
+    # Muon is meant for hidden matrices only.
+    muon = torch.optim.Muon(hidden, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return Optimizers(muon, adamw)
+
+
+class Optimizers:
+    """Several optimisers stepped as one: the loop, the GradScaler and resume see one object."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list:
+        # Read anew each time: load_state_dict replaces an optimiser's group dicts.
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict):
+        if len(state.get("optimizers", ())) != len(self.optimizers):
+            raise UserError("this checkpoint was saved with another --optimizer; resume with the same one.")
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
@@ -412,14 +459,17 @@ class Trainer:
         and self.steps_per_epoch."""
         cfg = self.cfg
         kind = Config.STAGES[cfg.stage].data_kind
-        if not cfg.data_path:
+        if not cfg.data_path and not cfg.reasoning_problems:
             raise UserError(f"--data_path is empty; the {cfg.stage} stage trains on a jsonl file.")
         cache_root = cfg.cache_dir or str(Path(cfg.save_dir) / "cache")
+        data_path = cfg.data_path
         try:
             # Rank 0 tokenises; the others wait and then open the finished cache.
             if self.dist.enabled and not self.dist.main:
                 torch.distributed.barrier()
-            self.train_data = make_dataset(cfg.data_path, kind, self.tok, cache_root, cfg.max_seq_len,
+            if cfg.reasoning_problems:
+                data_path = self.curriculum_path(cache_root)
+            self.train_data = make_dataset(data_path, kind, self.tok, cache_root, cfg.max_seq_len,
                                            cfg.skip_bad_lines, quiet=not self.dist.main)
             self.val_data = make_dataset(cfg.val_path, kind, self.tok, cache_root, cfg.max_seq_len,
                                          cfg.skip_bad_lines, quiet=not self.dist.main) if cfg.val_path else None
@@ -434,7 +484,23 @@ class Trainer:
         if self.bucket:
             batches = epoch_batches(self.train_data, cfg.batch_size, cfg.seed, 0, bucket=True)
             data_desc += f", padding {padding_fraction(self.train_data, batches):.1%} of computed tokens (length-bucketed)"
-        self.log.print(f"data: {cfg.data_path} → {self.train_data.cache.meta['num_tokens']} tokens, {data_desc}")
+        self.log.print(f"data: {data_path} → {self.train_data.cache.meta['num_tokens']} tokens, {data_desc}")
+
+    def curriculum_path(self, cache_root) -> Path:
+        """--data_path's records plus --reasoning_problems generated problems, written once under
+        the cache directory (never into the repository); the held-out evaluation questions are
+        excluded by exact text, so the report card measures problems the model never saw."""
+        from scripts import gen_reasoning
+        cfg = self.cfg
+        # Named by everything its bytes depend on: the base records, the held-out set it avoids,
+        # the generator's code, the count and the seed.
+        inputs = [p for p in (cfg.data_path, gen_reasoning.EVAL_FILE, gen_reasoning.__file__) if p and Path(p).is_file()]
+        digest = hashlib.sha256("".join(file_sha256(p) for p in inputs).encode()).hexdigest()[:12]
+        stem = Path(cfg.data_path).stem if cfg.data_path else "curriculum"
+        path = Path(cache_root) / "curriculum" / f"{stem}+reasoning{cfg.reasoning_problems}-seed{cfg.seed}-{digest}.jsonl"
+        if not path.is_file():
+            self.log.print(f"generating {cfg.reasoning_problems} reasoning problems (seed {cfg.seed}) into {path}")
+        return gen_reasoning.write_curriculum(path, cfg.reasoning_problems, cfg.seed, base_path=cfg.data_path or None)
 
     def data_signature(self) -> dict:
         return {"data": self.train_data.cache.meta["source"]["sample_sha256"]}

@@ -47,6 +47,7 @@ import calendar
 import datetime
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -1365,6 +1366,34 @@ def to_sft(problems, seed):
 def to_eval(problems, seed):
     return [{"id": f"r1-s{seed}-{i:05d}", "kind": p["kind"], "question": p["question"],
              "answer": p["expected"]} for i, p in enumerate(problems)]
+
+
+EVAL_FILE = Path(__file__).resolve().parents[1] / "data" / "eval" / "reasoning_eval.jsonl"
+
+
+def write_curriculum(out_path, n, seed, base_path=None, exclude_paths=(EVAL_FILE,)):
+    """The distill stage's reasoning curriculum as one sft jsonl file: the records of `base_path`
+    (e.g. the hand-written R1 demo records) followed by `n` generated problems of `seed`,
+    none of whose questions appears in any of `exclude_paths` (the held-out evaluation set).
+    The same arguments always write the same bytes; an existing complete file is reused.
+    Written to a temporary name and renamed, so an interrupted run never leaves half a file."""
+    out_path = Path(out_path)
+    if out_path.is_file():
+        return out_path
+    excluded = frozenset(q for path in exclude_paths if Path(path).is_file() for q in read_questions(path))
+    problems = generate(n, seed, exclude_questions=excluded)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        if base_path:
+            with open(base_path, encoding="utf-8") as base:
+                for line in base:
+                    if line.strip():
+                        f.write(line.rstrip("\n") + "\n")
+        for record in to_sft(problems, seed):
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, out_path)
+    return out_path
 
 
 def read_questions(path):
