@@ -71,7 +71,7 @@ class TrainConfig:
     model: str = "default"
     save_dir: str = "out"
     log_dir: str = "log"
-    plot_dir: str = "assets"
+    plot_dir: str = ""                  # "" = <save_dir>/plots (assets/ changes only by scripts/report.py --publish)
     cache_dir: str = ""                 # "" = <save_dir>/cache
     epochs: int = 1
     batch_size: int = 32

@@ -430,6 +430,7 @@ class Trainer:
         self.optimizer = configure_optimizer(self.raw_model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
+        self.tokens_seen = {"computed": 0, "loss": 0}
         if self.resume:
             self.load_resume_state()
         self.model = self.raw_model
@@ -543,7 +544,7 @@ class Trainer:
             "model": self.raw_model.state_dict(), "config": self.model_config.to_dict(),
             "tokenizer_hash": self.tok.hash, "stage": self.cfg.stage,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "step": self.step, "world_size": self.dist.world,
+            "step": self.step, "world_size": self.dist.world, "tokens_seen": self.tokens_seen,
             "accumulation_steps": self.cfg.accumulation_steps, "plan": self.plan_signature(),
             "init_from": str(self.init_path or ""),
             "history": self.log.history, "train_config": dataclasses.asdict(self.cfg),
@@ -572,6 +573,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = ckpt["step"]
+        self.tokens_seen = ckpt.get("tokens_seen", {"computed": 0, "loss": 0})
         self.init_path = Path(ckpt["init_from"]) if ckpt.get("init_from") else None
         if ckpt["accumulation_steps"] * ckpt["world_size"] != self.cfg.accumulation_steps * self.dist.world:
             raise UserError(f"cannot resume from {path}: it used accumulation {ckpt['accumulation_steps']} × "
@@ -594,7 +596,7 @@ class Trainer:
                      "tokenizer_hash": self.tok.hash, "stage": cfg.stage}, path)
         record = {"stage": cfg.stage, "train_config": dataclasses.asdict(cfg),
                   "model_config": self.model_config.to_dict(), "init_from": str(self.init_path or ""),
-                  "tokenizer_hash": self.tok.hash, "results": results}
+                  "tokenizer_hash": self.tok.hash, "results": results, "history": self.log.history}
         path.with_suffix(".json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
         self.log.print(f"saved {path}")
 
@@ -667,6 +669,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             epoch, batches, n_loss_tokens = self.step_batches(step)
+            self.tokens_seen["loss"] += int(n_loss_tokens)
             step_loss, step_metrics = torch.zeros((), device=self.device), {}
             for i, b in enumerate(batches):
                 last = i == len(batches) - 1
@@ -681,6 +684,7 @@ class Trainer:
                 step_loss += loss_sum.detach()
                 add_metrics(step_metrics, metrics, self.device)
                 tokens_since_log += int(b.loss_mask.shape[0] * b.loss_mask.shape[1])
+                self.tokens_seen["computed"] += int(b.loss_mask.shape[0] * b.loss_mask.shape[1]) * world
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
             # One host sync per optimiser step (never per micro-step): the finiteness check and
@@ -746,10 +750,12 @@ class Trainer:
                 raise KeyboardInterrupt
         results = {"steps": self.step, "final_train_loss": self.log.history["loss"][-1] if self.log.history["loss"] else None,
                    "final_val_loss": None, **{f"final_{k}": v for k, v in last_val.items()},
-                   "skipped_steps": bad_total, "wall_seconds": round(time.perf_counter() - t_start, 1)}
+                   "skipped_steps": bad_total, "wall_seconds": round(time.perf_counter() - t_start, 1),
+                   # computed: every position of every batch (padding included, × ranks); loss: loss-mask tokens
+                   "tokens": dict(self.tokens_seen)}
         self.save_final(results)
         if self.dist.main and self.log.history["step"]:
-            plot = Path(cfg.plot_dir) / f"{cfg.stage}_loss.png"
+            plot = Path(cfg.plot_dir or Path(cfg.save_dir) / "plots") / f"{cfg.stage}_loss.png"
             save_plot(self.log.history, plot, f"XiaoXin {cfg.stage} ({cfg.model})")
             log.print(f"wrote {plot}")
         return results

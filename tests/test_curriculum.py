@@ -53,6 +53,11 @@ def test_distill_trains_on_the_generated_curriculum(tmp_path, trained, capsys):
     assert f"→" in capsys.readouterr().out
     record = json.loads((out / "ckpt" / "distill.json").read_text())
     assert record["train_config"]["reasoning_problems"] == 64
+    # what the report card reads: tokens seen and the loss curve
+    tokens = record["results"]["tokens"]
+    assert 0 < tokens["loss"] < tokens["computed"] <= 2 * 8 * 512
+    assert record["history"]["step"] == [1, 2] and len(record["history"]["loss"]) == 2
+    assert (out / "assets" / "distill_loss.png").is_file()
 
 
 def test_reasoning_problems_refused_for_plain_text_stage(tmp_path, capsys):
