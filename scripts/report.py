@@ -108,9 +108,11 @@ def read_history(record: dict, log_dir: Path | None) -> dict:
     """{"step", "loss", "val_step", "val_loss", "source"} for one stage."""
     import re
     h = record.get("history")
-    if isinstance(h, dict) and h.get("step"):
+    if isinstance(h, dict) and h.get("step") and len(h.get("loss", ())) == len(h["step"]):
         steps, loss = _thin(h["step"], h["loss"])
-        vs, vl = _thin(h.get("val_step", []), h.get("val_loss", []))
+        # val_step lists every validation; a stage that validates other metrics (GRPO: accuracy) has no val_loss
+        val_step, val_loss = h.get("val_step") or [], h.get("val_loss") or []
+        vs, vl = _thin(val_step, val_loss) if len(val_step) == len(val_loss) else ([], [])
         return {"step": steps, "loss": loss, "val_step": vs, "val_loss": vl, "source": "record"}
     stage = record["stage"]
     cfg_log = (record.get("train_config") or {}).get("log_dir")
@@ -168,6 +170,8 @@ def stage_row(record: dict, save_dir: Path, log_dir) -> dict:
                                    + " (short rows and padding make the real count lower)")
         else:
             row.update(tokens=None, tokens_estimated=True, tokens_note="not recorded")
+    row["final_metrics"] = {k[len("final_"):]: v for k, v in results.items()
+                            if k.startswith("final_") and k not in ("final_train_loss", "final_val_loss")}
     row["history"] = read_history(record, log_dir)
     return row
 

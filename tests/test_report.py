@@ -59,7 +59,7 @@ def shaken(ckpt, tok):
 def test_batched_replies_equal_one_at_a_time_greedy_replies(trained, tok):
     """Prompts of different lengths share a left-padded batch; a row that ends early keeps emitting
     <|im_end|> while the others go on. Any padding, ordering or early-stop slip would change some reply."""
-    problems = eval_reasoning.read_problems(ROOT / "data" / "eval" / "reasoning_eval.jsonl")[:32]
+    problems = eval_reasoning.read_problems(ROOT / "data" / "eval" / "reasoning_eval.jsonl")[:24]
     lengths = [len(eval_reasoning.chat_prompt_ids(tok, [{"role": "user", "content": p["question"]}], 24, 1024))
                for p in problems]
     chunks = [sorted(lengths)[i:i + 4] for i in range(0, len(lengths), 4)]
@@ -71,7 +71,7 @@ def test_batched_replies_equal_one_at_a_time_greedy_replies(trained, tok):
         # batch size only changes speed
         assert eval_reasoning.evaluate(model, tok, problems, 24, batch_size=64)["results"] == batched["results"]
         if name == "shaken":     # the comparison had something to catch
-            assert len({r["reply"] for r in batched["results"]}) >= 16
+            assert len({r["reply"] for r in batched["results"]}) >= 12
             assert 0 < batched["unfinished"] < len(problems)
 
 
@@ -188,12 +188,15 @@ def test_report_card_has_every_field_and_consistent_numbers(card, trained):
         assert s["final_train_loss"] == res["final_train_loss"]
         assert not s["tokens_estimated"]        # the trainer counts them
         assert (s["tokens"], s["loss_tokens"]) == (res["tokens"]["computed"], res["tokens"]["loss"])
-        assert 0 < s["loss_tokens"] <= s["tokens"] <= cfg["batch_size"] * cfg["accumulation_steps"] * cfg["max_seq_len"] * res["steps"]
+        assert 0 < s["loss_tokens"] <= s["tokens"]
         h = s["history"]
         assert h["source"] == "record"
         assert h["step"] == list(range(1, res["steps"] + 1)) and len(h["loss"]) == res["steps"]
         assert h["loss"][-1] == pytest.approx(res["final_train_loss"], abs=1e-4)    # log_step 1
-        assert h["val_step"][-1] == res["steps"] and h["val_loss"][-1] == pytest.approx(res["final_val_loss"], abs=1e-3)
+        if res["final_val_loss"] is not None:
+            assert h["val_step"][-1] == res["steps"] and h["val_loss"][-1] == pytest.approx(res["final_val_loss"])
+        else:       # a stage that validates other metrics (GRPO)
+            assert h["val_loss"] == [] and s["final_metrics"]
 
     # held-out reasoning after each stage that can answer, never on a training question
     ev = r["reasoning"]
