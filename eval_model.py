@@ -4,11 +4,13 @@
     python eval_model.py --stage sft --temperature 0 --prompt "你好，介绍一下你自己"
     python eval_model.py --prompts_file prompts.txt > replies.jsonl   # one JSON line per prompt
 
-History that no longer fits in the model's context is dropped oldest-first. For a
-distilled model the <think> part is shown apart from the answer. With --prompts_file,
-stdout carries only {"prompt": ..., "reply": ...} lines; everything else goes to stderr.
+Interactively, /help (or ?) lists the commands (/clear, /system, /temp, /think, /save, /exit);
+no line starting with / reaches the model. History that no longer fits in the model's context is
+dropped oldest-first. For a distilled model the <think> part is shown apart from the answer. With
+--prompts_file, stdout carries only {"prompt": ..., "reply": ...} lines; everything else goes to stderr.
 """
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -88,19 +90,65 @@ class Chat:
         return "".join(self.stream(messages, **sampling))
 
 
-class ThinkPrinter:
-    """Prints a streamed reply, showing <think> content dimmed under a label."""
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
-    def __init__(self, out=sys.stdout):
-        self.out, self.buffer, self.color = out, "", out.isatty()
+
+def held_tag_start(text: str) -> int:
+    """How many characters at the end of `text` may be the start of a tag the next piece completes."""
+    return max((k for tag in TAGS for k in range(1, len(tag)) if text.endswith(tag[:k])), default=0)
+
+
+class ThinkPrinter:
+    """Prints a streamed reply with one [思考] header where the thinking starts (dimmed on a terminal,
+    or hidden with show_think=False) and one [回答] header where the answer starts, however many tags
+    a small model emits: later <think>/<answer> tags and every closing tag print nothing, all other
+    text prints as it comes. A piece ending in what may be the start of a tag holds that end back
+    until the next piece (or finish()) tells. `buffer` keeps the raw reply, tags included."""
+
+    def __init__(self, out=None, show_think: bool = True):
+        self.out = sys.stdout if out is None else out
+        self.show_think, self.color = show_think, self.out.isatty()
+        self.buffer = self.pending = ""
+        self.part = None     # None until a header, then "think", "thought" (after </think>) or "answer"
 
     def write(self, piece: str):
         self.buffer += piece
-        piece = piece.replace("<think>", "\n[思考] " + ("\033[2m" if self.color else ""))
-        piece = piece.replace("</think>", ("\033[0m" if self.color else "") + "\n")
-        piece = piece.replace("<answer>", "[回答] ").replace("</answer>", "")
-        self.out.write(piece)
+        text = self.pending + piece
+        while found := [(text.find(tag), tag) for tag in TAGS if tag in text]:
+            at, tag = min(found)
+            self._show(text[:at])
+            self._tag(tag)
+            text = text[at + len(tag):]
+        keep = held_tag_start(text)
+        self._show(text[:len(text) - keep])
+        self.pending = text[len(text) - keep:]
         self.out.flush()
+
+    def finish(self):
+        """Print what was held back (an unfinished tag is text) and end the dimming, also after Ctrl-C."""
+        self._show(self.pending)
+        self.pending = ""
+        if self.part == "think":
+            self.out.write(self._dim(False))
+        self.out.flush()
+
+    def _tag(self, tag: str):
+        if tag == "<think>" and self.part is None:
+            self.part = "think"
+            self.out.write("\n[思考] " + ("" if self.show_think else "…") + self._dim(True))
+        elif tag in ("</think>", "<answer>") and self.part == "think":
+            self.part = "thought"
+            self.out.write(self._dim(False) + "\n")
+        if tag == "<answer>" and self.part != "answer":
+            self.part = "answer"
+            self.out.write("[回答] ")
+
+    def _show(self, text: str):
+        if text and (self.show_think or self.part != "think"):
+            self.out.write(text)
+
+    def _dim(self, on: bool) -> str:
+        return ("\033[2m" if on else "\033[0m") if self.color and self.show_think else ""
 
 
 def add_checkpoint_args(p):
@@ -151,15 +199,12 @@ def chat_main(args) -> int:
     system = [{"role": "system", "content": args.system}] if args.system else []
     print(f"loaded {checkpoint} (stage {chat.stage}) on {chat.device}", file=sys.stderr)
 
-    def seeded():
-        if args.seed is not None:
-            torch.manual_seed(args.seed)
-        return dict(sampling, seed=args.seed)
-
     if args.prompt is not None:
         printer = ThinkPrinter()
-        for piece in chat.stream(system + [{"role": "user", "content": args.prompt}], **seeded()):
+        messages = system + [{"role": "user", "content": args.prompt}]
+        for piece in chat.stream(messages, **seeded_sampling(sampling, args.seed)):
             printer.write(piece)
+        printer.finish()
         print()
         return 0
     if args.prompts_file is not None:
@@ -169,35 +214,139 @@ def chat_main(args) -> int:
         prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         from tqdm import tqdm
         for prompt in tqdm(prompts, desc="prompts", file=sys.stderr):
-            reply = chat.reply(system + [{"role": "user", "content": prompt}], **seeded())
+            messages = system + [{"role": "user", "content": prompt}]
+            reply = chat.reply(messages, **seeded_sampling(sampling, args.seed))
             print(json.dumps({"prompt": prompt, "reply": reply}, ensure_ascii=False), flush=True)
         return 0
 
-    print("小新 is ready. Type a message; /clear forgets the history, /exit quits.", file=sys.stderr)
-    history = list(system)
-    while True:
-        try:
-            text = input("\n你: ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return 0
-        if not text:
-            continue
-        if text in ("/exit", "/quit"):
-            return 0
-        if text == "/clear":
-            history = list(system)
-            continue
-        history.append({"role": "user", "content": text})
+    return ChatSession(chat, checkpoint, sampling, args.system, args.seed).run()
+
+
+def seeded_sampling(sampling: dict, seed: int | None) -> dict:
+    """The sampling flags for one reply; a --seed makes every reply as if it were the first."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return dict(sampling, seed=seed)
+
+
+HELP = """commands:
+  /help, ?         this list
+  /clear           forget the conversation (the system prompt stays)
+  /system TEXT     set the system prompt, or remove it with no TEXT; the conversation restarts
+  /temp X          set the sampling temperature, X >= 0 (0 = always the likeliest token); no X shows it
+  /think on|off    show or hide the model's thinking while it streams
+  /save FILE       write the conversation to FILE: JSON if it ends in .json, else markdown
+  /exit, /quit     leave (so do Ctrl-D, and Ctrl-C at the prompt)
+Ctrl-C during a reply stops that reply. Start a message with // to send it with one leading /."""
+
+
+class ChatSession:
+    """The interactive loop. A line starting with / (or a lone ?) is a command, answered here in one
+    or a few lines and never sent to the model."""
+
+    def __init__(self, chat: Chat, checkpoint: Path, sampling: dict, system: str | None = None,
+                 seed: int | None = None):
+        self.chat, self.checkpoint, self.sampling, self.seed = chat, checkpoint, sampling, seed
+        self.system, self.show_think = system or "", True
+        self.commands = {"/help": self.help, "?": self.help, "/clear": self.clear, "/system": self.set_system,
+                         "/temp": self.set_temperature, "/think": self.set_think, "/save": self.save}
+        self.clear()
+
+    def run(self) -> int:
+        print("小新 is ready. Type a message; /help lists the commands.", file=sys.stderr)
+        while True:
+            try:
+                text = input("\n你: ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                return 0
+            if text in ("/exit", "/quit"):
+                return 0
+            if text.startswith("//"):
+                self.reply(text[1:])
+            elif text.startswith("/") or text == "?":
+                print(self.command(text))
+            elif text:
+                self.reply(text)
+
+    def command(self, text: str) -> str:
+        name, arg = (text.split(maxsplit=1) + [""])[:2]
+        if name not in self.commands:
+            return f"unknown command {name}; /help lists them"
+        return self.commands[name](arg.strip())
+
+    def reply(self, text: str):
+        self.history.append({"role": "user", "content": text})
         print("小新: ", end="", flush=True)
-        printer = ThinkPrinter()
+        printer, interrupted = ThinkPrinter(show_think=self.show_think), False
         try:
-            for piece in chat.stream(history, **seeded()):
+            for piece in self.chat.stream(self.history, **seeded_sampling(self.sampling, self.seed)):
                 printer.write(piece)
         except KeyboardInterrupt:
-            print(" [interrupted]")
-        print()
-        history.append({"role": "assistant", "content": printer.buffer or "…"})
+            interrupted = True
+        printer.finish()
+        print(" [interrupted]" if interrupted else "")
+        self.history.append({"role": "assistant", "content": printer.buffer or "…"})
+
+    def help(self, arg: str) -> str:
+        return HELP
+
+    def clear(self, arg: str = "") -> str:
+        self.history = [{"role": "system", "content": self.system}] if self.system else []
+        return "conversation cleared"
+
+    def set_system(self, arg: str) -> str:
+        self.system = arg
+        self.clear()
+        return ("system prompt set" if arg else "system prompt removed") + "; the conversation restarts"
+
+    def set_temperature(self, arg: str) -> str:
+        if arg:
+            try:
+                value = float(arg)
+            except ValueError:
+                value = float("nan")
+            if not (0 <= value < float("inf")):
+                return f"/temp takes a number >= 0 (0 = always the likeliest token), not {arg}"
+            self.sampling["temperature"] = value
+        return f"temperature {self.sampling['temperature']:g}"
+
+    def set_think(self, arg: str) -> str:
+        if arg not in ("on", "off", ""):
+            return f"/think takes on or off, not {arg}"
+        if arg:
+            self.show_think = arg == "on"
+        return "thinking " + ("shown" if self.show_think else "hidden") + \
+            ("" if self.chat.reasoning else f" (stage {self.chat.stage} does not think aloud)")
+
+    def save(self, arg: str) -> str:
+        if not arg:
+            return "/save takes a file name: /save chat.md (markdown) or /save chat.json"
+        path = Path(arg).expanduser()
+        try:
+            path.write_text(self.transcript(as_json=path.suffix.lower() == ".json"), encoding="utf-8")
+        except OSError as e:
+            return f"cannot write {path}: {e.strerror or e}"
+        return f"saved {len(self.history)} messages to {path}"
+
+    def transcript(self, as_json: bool) -> str:
+        """The conversation: JSON keeps the raw messages (a reply's tags included, ready to send to
+        scripts/serve.py again); markdown shows each reply as the chat printed it."""
+        if as_json:
+            return json.dumps({"checkpoint": str(self.checkpoint), "stage": self.chat.stage,
+                               "sampling": self.sampling, "seed": self.seed, "messages": self.history},
+                              ensure_ascii=False, indent=1) + "\n"
+        names = {"system": "system prompt", "user": "你", "assistant": "小新"}
+        lines = [f"# 小新 chat ({self.checkpoint}, stage {self.chat.stage})"]
+        for message in self.history:
+            text = message["content"]
+            if message["role"] == "assistant":
+                printer = ThinkPrinter(io.StringIO())
+                printer.write(text)
+                printer.finish()
+                text = printer.out.getvalue()
+            lines += [f"\n## {names[message['role']]}\n", text.strip()]
+        return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Config.GENERATION. Other OpenAI fields (stop, tools, logprobs, …) are ignored;
 History that does not fit the model's context is dropped oldest-first; a newest message
 that cannot fit alone is a 400. A reasoning model's (a stage with reasoning=True in
 Config.STAGES, e.g. distill) <think> part comes back apart, as
-`reasoning_content` (also in streamed deltas), and its answer as `content`.
+`reasoning_content` (also in streamed deltas), and its answer as `content`, however many tags it emits.
 
 One reply is generated at a time, on a worker thread, so the event loop keeps accepting
 requests and answering /v1/models while a reply is being written. The server has no
@@ -49,11 +49,10 @@ from starlette.staticfiles import StaticFiles  # noqa: E402
 import Config  # noqa: E402
 from dataset import render_chat  # noqa: E402
 from checkpoint import UserError, run_cli  # noqa: E402
-from eval_model import Chat, add_checkpoint_args, open_chat  # noqa: E402
+from eval_model import TAGS, Chat, add_checkpoint_args, held_tag_start, open_chat  # noqa: E402
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_TAGS = ("<answer>", "</answer>")
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN = "<think>", "</think>", "<answer>"   # of eval_model.TAGS
 
 
 # ---------------------------------------------------------------- request schema
@@ -226,10 +225,12 @@ class Engine:
 
 class ReasoningSplitter:
     """Turns a streamed '<think>…</think><answer>…</answer>' reply into ("reasoning_content", text)
-    and ("content", text) deltas: tags removed, each part stripped, as splitting the whole text
-    would (tests/test_serve.py holds that reference). A reply that does not open with <think> is
-    all answer (the whole-text split would also drop any text before a later <think>, which a
-    stream has already sent)."""
+    and ("content", text) deltas: each part stripped, as splitting the whole text would
+    (tests/test_serve.py holds that reference). A reply that opens with <think> is reasoning until
+    its first </think> or <answer>, then answer; every tag is dropped, so repeated tags (small models
+    emit them) never open a second part, as eval_model.ThinkPrinter shows one header of each. A reply
+    that does not open with <think> is all answer (the whole-text split would also drop any text
+    before a later <think>, which a stream has already sent)."""
 
     def __init__(self):
         self.field = None          # None until the first non-space text decides
@@ -240,29 +241,24 @@ class ReasoningSplitter:
     def feed(self, piece: str) -> list[tuple[str, str]]:
         self.pending += piece
         deltas = []
-        while True:
-            if self.field is None:
-                self.pending = self.pending.lstrip()
-                if self.pending.startswith(THINK_OPEN):
-                    self.field, self.pending = "reasoning_content", self.pending[len(THINK_OPEN):]
-                elif not self.pending or THINK_OPEN.startswith(self.pending):
-                    return deltas
-                else:
-                    self.field = "content"
-            elif self.field == "reasoning_content" and THINK_CLOSE in self.pending:
-                reasoning, self.pending = self.pending.split(THINK_CLOSE, 1)
-                self._emit(deltas, reasoning)
-                self.field = "content"
-            else:
-                tags = (THINK_CLOSE,) if self.field == "reasoning_content" else ANSWER_TAGS
-                text = self.pending
-                if self.field == "content":
-                    for tag in tags:
-                        text = text.replace(tag, "")
-                keep = max((k for tag in tags for k in range(1, len(tag)) if text.endswith(tag[:k])), default=0)
-                self._emit(deltas, text[:len(text) - keep])
-                self.pending = text[len(text) - keep:]
+        if self.field is None:
+            self.pending = self.pending.lstrip()
+            if self.pending.startswith(THINK_OPEN):
+                self.field, self.pending = "reasoning_content", self.pending[len(THINK_OPEN):]
+            elif not self.pending or THINK_OPEN.startswith(self.pending):
                 return deltas
+            else:
+                self.field = "content"
+        while found := [(self.pending.find(tag), tag) for tag in TAGS if tag in self.pending]:
+            at, tag = min(found)
+            self._emit(deltas, self.pending[:at])
+            self.pending = self.pending[at + len(tag):]
+            if tag in (THINK_CLOSE, ANSWER_OPEN):
+                self.field = "content"
+        keep = held_tag_start(self.pending)
+        self._emit(deltas, self.pending[:len(self.pending) - keep])
+        self.pending = self.pending[len(self.pending) - keep:]
+        return deltas
 
     def finish(self) -> list[tuple[str, str]]:
         deltas = []

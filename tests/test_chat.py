@@ -78,3 +78,96 @@ def test_compile_flag_picks_the_decode_mode(trained):
                                         "float32", compile=mode).model.decode_mode
     assert [load("auto"), load("off"), load("on")] == ["dynamic", "dynamic", "compiled"]
     assert eval_model.main(["--save_dir", str(trained / "ckpt"), "--prompt", "hi", "--compile", "maybe"]) == 2
+
+
+THREE_ANSWERS = "<think>\n想一想\n</think>\n<answer>\n二<answer>二</answer>\n<answer>还是二\n</answer>"
+
+
+def printed(pieces, show_think=True) -> str:
+    import io
+    out = io.StringIO()
+    printer = eval_model.ThinkPrinter(out, show_think=show_think)
+    for piece in pieces:
+        printer.write(piece)
+    printer.finish()
+    assert printer.buffer == "".join(pieces)               # the history keeps the raw reply
+    return out.getvalue()
+
+
+def test_printer_shows_one_header_of_each_however_many_tags_come():
+    expected = "\n[思考] \n想一想\n\n\n[回答] \n二二\n还是二\n"
+    assert printed([THREE_ANSWERS]) == expected
+    for cut in range(len(THREE_ANSWERS)):                  # a tag split between two streamed pieces
+        assert printed([THREE_ANSWERS[:cut], THREE_ANSWERS[cut:]]) == expected, cut
+    assert printed(list(THREE_ANSWERS)) == expected        # one character at a time
+    assert printed(["<think>a<think>b</think>c</think><answer>d<think>e"]) == "\n[思考] ab\nc[回答] de"
+    assert printed(["<think>a<answer>b"]) == "\n[思考] a\n[回答] b"      # no </think>: the answer still starts
+    assert printed(["<think>想</think><answer>答", "<ans"]) == "\n[思考] 想\n[回答] 答<ans"   # unfinished: text
+    assert printed([THREE_ANSWERS], show_think=False) == "\n[思考] …\n\n[回答] \n二二\n还是二\n"
+
+
+class ScriptedModel:
+    """Stands in for XiaoXin.generate: records each call and 'generates' `text`, then <|im_end|>."""
+
+    def __init__(self, chat, text):
+        self.tokens = chat.tok.encode(text) + [chat.tok.im_end_id]
+        self.prompts, self.sampling = [], []
+        self.tok = chat.tok
+
+    def generate(self, x, max_new_tokens, **sampling):
+        self.prompts.append(self.tok.decode(x[0].tolist()))
+        self.sampling.append(sampling)
+        yield from self.tokens
+
+
+def chat_session(trained, monkeypatch, capsys, lines: str, reply=THREE_ANSWERS, *flags):
+    """Run `python eval_model.py` on the distilled tiny model with `lines` as its stdin; returns
+    (stdout, the scripted model)."""
+    import io
+
+    from model import XiaoXin
+    chat = eval_model.Chat(trained / "ckpt" / "distill.pt", ROOT / "XiaoXin_tokenizer", "cpu", "float32")
+    model = ScriptedModel(chat, reply)
+    monkeypatch.setattr(XiaoXin, "generate", lambda self, x, n, **sampling: model.generate(x, n, **sampling))
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    assert eval_model.main(["--save_dir", str(trained / "ckpt"), "--stage", "distill", "--compile", "off", *flags]) == 0
+    return capsys.readouterr().out, model
+
+
+def test_help_lists_the_commands_and_no_command_reaches_the_model(trained, monkeypatch, capsys):
+    out, model = chat_session(trained, monkeypatch, capsys, "/help\n/nonsense\n/temp warm\n?\n/exit\n")
+    assert model.prompts == []                                              # nothing generated
+    for command in ["/help", "/clear", "/system", "/temp", "/think", "/save", "/exit", "/quit"]:
+        assert out.count(command) >= 2, command                            # listed by /help and by ?
+    lines = out.splitlines()
+    assert [line for line in lines if "/nonsense" in line] == ["你: unknown command /nonsense; /help lists them"]
+    assert [line for line in lines if "warm" in line] == ["你: /temp takes a number >= 0 (0 = always the "
+                                                          "likeliest token), not warm"]
+    assert "小新:" not in out
+
+
+def test_session_commands_change_what_the_model_is_asked(trained, monkeypatch, capsys, tmp_path):
+    lines = ["第一问", "/temp 0.3", "/system 你是小新。", "第二问", "/think off", "第三问", "//slash 开头",
+             "/system", "/clear", "第四问", f"/save {tmp_path / 'chat.json'}", f"/save {tmp_path / 'chat.md'}",
+             f"/save {tmp_path / 'missing' / 'chat.md'}", "/quit", "never read"]
+    out, model = chat_session(trained, monkeypatch, capsys, "\n".join(lines) + "\n", THREE_ANSWERS,
+                              "--temperature", "0.8")
+    first, second, third, fourth, fifth = model.prompts
+    assert [s["temperature"] for s in model.sampling] == [0.8, 0.3, 0.3, 0.3, 0.3]
+    assert "第一问" in first and "system" not in first
+    assert second.startswith("<|im_start|>system\n你是小新。") and "第一问" not in second   # history restarted
+    assert "第二问" in third and "第三问" in third                             # the conversation goes on
+    assert "/slash 开头" in fourth and "//slash" not in fourth
+    assert "system" not in fifth and "第三问" not in fifth and "第四问" in fifth
+    assert out.count("小新: ") == out.count("[思考]") == out.count("[回答]") == 5
+    shown, hidden = out.split("thinking hidden")
+    assert shown.count("想一想") == 2 and "想一想" not in hidden and hidden.count("[思考] …") == 3
+
+    saved = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
+    assert saved["messages"] == [{"role": "user", "content": "第四问"},
+                                 {"role": "assistant", "content": THREE_ANSWERS}]
+    assert saved["stage"] == "distill" and saved["sampling"]["temperature"] == 0.3
+    markdown = (tmp_path / "chat.md").read_text(encoding="utf-8")
+    assert "## 你\n\n第四问" in markdown and "[思考] \n想一想" in markdown and markdown.count("[回答]") == 1
+    assert [line for line in out.splitlines() if "missing" in line] == \
+           [f"你: cannot write {tmp_path / 'missing' / 'chat.md'}: No such file or directory"]

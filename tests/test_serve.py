@@ -21,22 +21,29 @@ import serve  # noqa: E402
 
 SERVED = "xiaoxin-test"
 SCRIPTED = "<think>\n先算一算：1+1=2。\n</think>\n<answer>\n1+1等于2。\n</answer>"
+REPEATED = "<think>\n想一想<think>再想</think>\n<answer>\n答案一</answer>\n<answer>答案二</answer><think>又想</think>"
+TAG = re.compile("(<think>|</think>|<answer>|</answer>)")
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
-    """The reference for the streamed splitter: ('reasoning', 'answer') from a whole
-    '<think>…</think><answer>…</answer>' text; tolerant of missing tags."""
-    if "<think>" not in text:
-        return "", text.replace("<answer>", "").replace("</answer>", "").strip()
-    after = text.split("<think>", 1)[1]
-    reasoning, _, answer = after.partition("</think>")
-    answer = answer.replace("<answer>", "").replace("</answer>", "")
-    return reasoning.strip(), answer.strip()
+    """The reference for the streamed splitter: ('reasoning', 'answer') from a whole reply. A reply
+    that opens with <think> is reasoning until its first </think> or <answer>, the rest is answer;
+    every tag is dropped, however many come."""
+    text = text.lstrip()
+    if not text.startswith("<think>"):
+        return "", TAG.sub("", text).strip()
+    parts = TAG.split(text[len("<think>"):])
+    end = next((i for i, part in enumerate(parts) if part in ("</think>", "<answer>")), len(parts))
+    reasoning, answer = "".join(parts[:end]), "".join(parts[end + 1:])
+    return TAG.sub("", reasoning).strip(), TAG.sub("", answer).strip()
 
 
 def test_split_reasoning():
     assert split_reasoning("<think>\n想一想\n</think>\n<answer>\n答案\n</answer>") == ("想一想", "答案")
     assert split_reasoning("没有标签") == ("", "没有标签")
+    assert split_reasoning(REPEATED) == ("想一想再想", "答案一\n答案二又想")
+    assert split_reasoning("<think>想<answer>答</answer>") == ("想", "答")
+    assert split_reasoning("先说<think>想</think>答") == ("", "先说想答")
 
 
 @pytest.fixture(scope="module")
@@ -156,14 +163,22 @@ def test_reasoning_comes_back_apart_streamed_or_not(chat, client, monkeypatch):
     assert "".join(t for f, t in order if f == "content") == "1+1等于2。"
 
 
-TEXT = st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "想", "a", " ", "\n"]), max_size=14)
+def test_repeated_tags_give_one_reasoning_and_one_answer(chat, client, monkeypatch):
+    Scripted(chat, monkeypatch, REPEATED)
+    messages = [{"role": "user", "content": "1+1等于几？"}]
+    message = client.chat.completions.create(model="m", messages=messages).choices[0].message
+    assert (message.reasoning_content, message.content) == ("想一想再想", "答案一\n答案二又想")
+    reasoning, content, _, _, _ = streamed(client, model="m", messages=messages)
+    assert (reasoning, content) == ("想一想再想", "答案一\n答案二又想")
+
+
+TEXT = st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "想", "a", "<", ">", " ", "\n"]),
+                max_size=14)
 
 
 @given(parts=TEXT, data=st.data())
 def test_streamed_split_equals_split_reasoning(parts, data):
     text = "".join(parts)
-    if "<think>" in text and not text.lstrip().startswith("<think>"):
-        return              # text before a later <think>: a stream has already sent it as answer
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
     splitter = serve.ReasoningSplitter()
     out = {"reasoning_content": "", "content": ""}
