@@ -103,11 +103,30 @@ class TrainConfig:
 
 
 @dataclass
+class GRPOConfig(TrainConfig):
+    """The GRPO stage's own flags (grpo.py says why each default is what it is). --batch_size is
+    the rows (prompt + completion) per forward/backward micro-batch; --accumulation_steps is unused."""
+    prompts_per_step: int = 32          # prompts per rollout on each rank (the global list is this × ranks)
+    group_size: int = 8                 # completions sampled per prompt (G)
+    max_new_tokens: int = 512           # per completion, also for validation
+    temperature: float = 1.0            # rollouts sample the full softmax at this temperature
+    correct_reward: float = 1.0         # reward for a correct final answer (grader.py)
+    format_reward: float = 0.1          # reward for a well-formed <think>…</think><answer>…</answer>
+    scale_by_std: bool = False          # divide advantages by the group's std (GRPO) instead of only centring (Dr. GRPO)
+    clip_low: float = 0.2               # ratio clipped to [1 - clip_low, 1 + clip_high] (PPO)
+    clip_high: float = 0.28             # DAPO's clip-higher
+    kl_coef: float = 0.0                # weight of the k3 KL to the starting model (measured anyway)
+    grpo_iterations: int = 1            # optimiser steps per rollout (μ); 1 = on-policy
+    num_prompts: int = 20000            # curriculum prompts per epoch (without --data_path)
+    val_problems: int = 200             # held-out problems of --val_path for validation (0 = none)
+
+
+@dataclass
 class Stage:
     """One training stage: everything the rest of the code needs to know about it."""
     script: str                # the script that runs it (`python <script>`), named in messages
     log_name: str              # log/<log_name>.log and log/<log_name>_steps.jsonl
-    data_kind: str             # how dataset.py reads its jsonl: "pretrain" ({"text"}) or "sft" ({"conversations"})
+    data_kind: str             # its jsonl: "pretrain" ({"text"}), "sft" ({"conversations"}) or "problems" (grpo.py)
     starts_from: tuple         # earlier stages whose weights it starts from, first found in --save_dir wins
     loss: str                  # "module.function" of its objective (losses.py says what one looks like)
     about: str                 # what its checkpoint is, for the exported model card
@@ -116,8 +135,9 @@ class Stage:
     reasoning: bool = False    # replies are <think>…</think><answer>…</answer>; chat and serving show the parts apart
 
 
-# The embedded default (each stage's `demo`) is sized so the whole pipeline finishes in about ten
-# minutes on two CPU cores and still shows falling curves and recognisable answers.
+# The embedded default (each stage's `demo`) is sized so the whole pipeline and its report card finish
+# in about fifteen minutes on two CPU cores (twenty with GRPO): a short pass over the demo prose, then
+# most of the budget on the reasoning curriculum, where learning can be measured on held-out problems.
 STAGES = {   # in pipeline order; the last stage present is the one eval_model.py chats with by default
     "pretrain": Stage(
         script="pretrain.py", log_name="Pretrain", data_kind="pretrain", starts_from=(),
@@ -126,7 +146,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=TrainConfig(data_path="dataset/pretrain_hq.jsonl", epochs=1, batch_size=32, learning_rate=5e-4,
                           accumulation_steps=8, max_seq_len=512, warmup_iters=200),
         demo=dict(data_path="data/demo/pretrain.jsonl", val_path="data/demo/pretrain_val.jsonl", model="small",
-                  epochs=6, batch_size=8, accumulation_steps=1, learning_rate=3e-3, max_seq_len=256,
+                  epochs=2, batch_size=8, accumulation_steps=1, learning_rate=3e-3, max_seq_len=256,
                   warmup_iters=20, log_step=20, save_step=200)),
     "sft": Stage(
         script="SFT.py", log_name="SFT", data_kind="sft", starts_from=("pretrain",),
@@ -135,7 +155,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=TrainConfig(data_path="dataset/sft_512.jsonl", epochs=2, batch_size=32, learning_rate=2e-4,
                           accumulation_steps=2, max_seq_len=512, warmup_iters=100),
         demo=dict(data_path="data/demo/sft_512.jsonl", val_path="data/demo/sft_512_val.jsonl", model="small",
-                  epochs=6, batch_size=8, accumulation_steps=1, learning_rate=2e-3, max_seq_len=512,
+                  epochs=2, batch_size=8, accumulation_steps=1, learning_rate=2e-3, max_seq_len=512,
                   warmup_iters=20, log_step=20, save_step=200)),
     "sft_long": Stage(
         script="SFT_long.py", log_name="SFT_long", data_kind="sft", starts_from=("sft", "pretrain"),
@@ -144,7 +164,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=TrainConfig(data_path="dataset/sft_1024.jsonl", epochs=1, batch_size=16, learning_rate=1e-4,
                           accumulation_steps=4, max_seq_len=1024, warmup_iters=50),
         demo=dict(data_path="data/demo/sft_1024.jsonl", val_path="data/demo/sft_1024_val.jsonl", model="small",
-                  epochs=2, batch_size=4, accumulation_steps=1, learning_rate=1e-3, max_seq_len=1024,
+                  epochs=1, batch_size=4, accumulation_steps=1, learning_rate=1e-3, max_seq_len=1024,
                   warmup_iters=10, log_step=20, save_step=200)),
     "distill": Stage(
         script="distill.py", log_name="distill", data_kind="sft", starts_from=("sft_long", "sft", "pretrain"),
@@ -152,9 +172,24 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         about="reasoning chat model distilled from R1-style traces (`<think>…</think><answer>…</answer>`)",
         train=TrainConfig(data_path="dataset/r1_mix_1024.jsonl", epochs=1, batch_size=16, learning_rate=1e-4,
                           accumulation_steps=4, max_seq_len=1024, warmup_iters=50),
+        # Demo: the hand-written R1 records plus 20,000 generated problems (a fresh curriculum under the
+        # cache dir; never a held-out question), 900 steps of Muon: where the CPU budget buys measurable
+        # reasoning (notes/LOG.md, 2026-12-07).
         demo=dict(data_path="data/demo/r1_mix_1024.jsonl", val_path="data/demo/r1_mix_1024_val.jsonl",
-                  model="small", epochs=4, batch_size=8, accumulation_steps=1, learning_rate=1e-3,
-                  max_seq_len=1024, warmup_iters=10, log_step=20, save_step=200)),
+                  reasoning_problems=20000, model="small", epochs=1, max_steps=900, batch_size=16,
+                  accumulation_steps=1, learning_rate=4e-3, optimizer="muon", max_seq_len=384, warmup_iters=50,
+                  log_step=50, save_step=300, compile="off")),
+    "grpo": Stage(
+        script="grpo.py", log_name="grpo", data_kind="problems", starts_from=("distill", "sft_long", "sft", "pretrain"),
+        loss="grpo.grpo_loss", reasoning=True,
+        about="reasoning chat model after reinforcement learning on checkable problems (GRPO, verifiable rewards)",
+        # data_path "" = prompts from the reasoning curriculum; a jsonl of {"question", "answer", "kind"} otherwise.
+        train=GRPOConfig(data_path="", val_path="data/eval/reasoning_eval.jsonl", epochs=1, batch_size=32,
+                         learning_rate=1e-5, min_lr_ratio=1.0, weight_decay=0.0, accumulation_steps=1,
+                         max_seq_len=1024, warmup_iters=10, log_step=1, eval_step=50, save_step=50),
+        demo=dict(val_path="data/eval/reasoning_eval.jsonl", model="small", max_steps=40, prompts_per_step=8,
+                  group_size=8, max_new_tokens=192, batch_size=32, learning_rate=1e-4, max_seq_len=384,
+                  warmup_iters=2, log_step=1, eval_step=20, save_step=20, val_problems=200)),
 }
 
 # Sampling defaults of model.generate, eval_model.py, the server and the HF export's generation_config.json.

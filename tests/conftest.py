@@ -23,8 +23,10 @@ def tiny_stage_args(stage: str) -> list[str]:
     import Config
     if stage in TINY_STAGE_ARGS:
         return TINY_STAGE_ARGS[stage]
-    return ["--max_seq_len", str(Config.STAGES[stage].demo.get("max_seq_len", 512)), "--batch_size", "4",
-            "--max_steps", "2"]
+    demo = Config.STAGES[stage].demo
+    # A small curriculum: the demo's tens of thousands of generated problems would only cost tokenising time.
+    curriculum = ["--reasoning_problems", "200"] if demo.get("reasoning_problems") else []
+    return ["--max_seq_len", str(demo.get("max_seq_len", 512)), "--batch_size", "4", "--max_steps", "2", *curriculum]
 
 
 def run_args(out: Path, *extra) -> list[str]:
