@@ -28,6 +28,7 @@ import difflib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -684,6 +685,65 @@ def build_report(save_dir, log_dir=None, eval_data=DEFAULT_EVAL, n_eval: int = 2
     return report
 
 
+# ---------------------------------------------------------------- publishing
+
+README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
+
+
+def render_summary(r: dict) -> str:
+    """The README's block: the stage table, held-out accuracy by stage and kind, the figures."""
+    lines = [f"From `python scripts/run_demo.py` ({r['created'][:10]}, {r['machine']['cpu']}, "
+             f"{r['machine']['cores']} cores, torch {r['machine']['versions'].get('torch')}, "
+             f"commit {(r['machine']['git_commit'] or 'unknown')[:7]}); the whole card: "
+             f"[assets/report.md](assets/report.md).", "",
+             "| stage | steps | tokens seen | wall time | final train loss | final validation loss |",
+             "|---|---|---|---|---|---|"]
+    for st in r["stages"]:
+        lines.append(f"| {st['stage']} | {st['steps']} | {_tokens(st['tokens'], st['tokens_estimated'])} | "
+                     f"{_seconds(st['wall_seconds'])} | {_num(st['final_train_loss'])} | {_num(st['final_val_loss'])} |")
+    total = sum(st["wall_seconds"] or 0 for st in r["stages"])
+    lines += ["", f"Training: {total / 60:.1f} min; the report card itself: {r['seconds'] / 60:.1f} min.", ""]
+    ev = r["reasoning"]
+    if ev["stages"]:
+        kinds = sorted({k for st in ev["stages"].values() for k in st["by_kind"]})
+        lines += [f"Held-out reasoning ({ev['n']} generated problems none of whose questions was trained on; "
+                  f"greedy; format = a well-formed `<think>…</think><answer>…</answer>`):", "",
+                  "| stage | accuracy | format | " + " | ".join(kinds) + " |", "|---|---|---|" + "---|" * len(kinds)]
+        for stage, st in ev["stages"].items():
+            lines.append(f"| {stage} | **{st['accuracy']:.1%}** | {st['format_rate']:.1%} | " +
+                         " | ".join(f"{st['by_kind'][k]['correct']}/{st['by_kind'][k]['n']}" if k in st["by_kind"]
+                                    else "–" for k in kinds) + " |")
+        lines.append("")
+    for key, alt in (("loss", "loss curves of every stage"), ("accuracy", "held-out accuracy by kind")):
+        if r["plots"].get(key):
+            lines.append(f"![{alt}](assets/{r['plots'][key]})")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def publish(out_dir, readme=ROOT / "README.md", assets=ROOT / "assets") -> list[Path]:
+    """Copy one run's report card into the repository on purpose: report.md, report.json and the
+    figures to assets/, and its summary between the README's report markers. Nothing else writes there."""
+    out_dir = Path(out_dir)
+    source = out_dir / "report.json"
+    if not source.is_file():
+        raise UserError(f"{source} does not exist; write the report first (python scripts/report.py --save_dir DIR).")
+    r = json.loads(source.read_text(encoding="utf-8"))
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise UserError(f"{readme} needs exactly one {README_START} … {README_END} block to publish into.")
+    written = []
+    assets = Path(assets)
+    for name in [v for v in r["plots"].values() if v] + ["report.md", "report.json"]:
+        shutil.copyfile(out_dir / name, assets / name)
+        written.append(assets / name)
+    head, rest = text.split(README_START)
+    _, tail = rest.split(README_END)
+    readme.write_text(f"{head}{README_START}\n{render_summary(r)}{README_END}{tail}", encoding="utf-8")
+    written.append(readme)
+    return written
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--save_dir", default="out", help="folder holding <stage>.pt and <stage>.json")
@@ -698,18 +758,29 @@ def parse_args(argv):
     p.add_argument("--ceval_dir", default=str(DEFAULT_CEVAL), help="C-Eval CSV folder (skipped if absent)")
     p.add_argument("--ceval_limit", type=int, default=0, help="questions per C-Eval subject (0 = all)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--publish", action="store_true",
+                   help="also copy this report card into assets/ and the README's report block")
+    p.add_argument("--publish_only", action="store_true",
+                   help="publish the report already written in --out_dir/--save_dir without measuring again")
     return p.parse_args(argv)
 
 
 def run(args) -> int:
+    out = Path(args.out_dir or args.save_dir)
+    if args.publish_only:
+        for path in publish(out):
+            print(f"wrote {path}")
+        return 0
     report = build_report(args.save_dir, args.log_dir, args.eval_data, args.n_eval, args.out_dir, args.tokenizer_dir,
                           args.device, args.max_new_tokens, args.batch_size, args.ceval_dir, args.ceval_limit,
                           progress=not args.quiet)
-    out = Path(args.out_dir or args.save_dir)
     for stage, r in report["reasoning"]["stages"].items():
         print(f"{stage:9s} held-out accuracy {r['accuracy']:6.1%} ({r['correct']}/{r['n']}), "
               f"format {r['format_rate']:6.1%}")
     print(f"wrote {out / 'report.md'} and {out / 'report.json'} in {report['seconds']:.0f} s")
+    if args.publish:
+        for path in publish(out):
+            print(f"wrote {path}")
     return 0
 
 
