@@ -146,7 +146,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=TrainConfig(data_path="dataset/pretrain_hq.jsonl", epochs=1, batch_size=32, learning_rate=5e-4,
                           accumulation_steps=8, max_seq_len=512, warmup_iters=200),
         demo=dict(data_path="data/demo/pretrain.jsonl", val_path="data/demo/pretrain_val.jsonl", model="small",
-                  epochs=2, batch_size=8, accumulation_steps=1, learning_rate=3e-3, max_seq_len=256,
+                  epochs=2, batch_size=8, accumulation_steps=1, learning_rate=3e-3, optimizer="muon", max_seq_len=256,
                   warmup_iters=20, log_step=20, save_step=200)),
     "sft": Stage(
         script="SFT.py", log_name="SFT", data_kind="sft", starts_from=("pretrain",),
@@ -155,7 +155,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=TrainConfig(data_path="dataset/sft_512.jsonl", epochs=2, batch_size=32, learning_rate=2e-4,
                           accumulation_steps=2, max_seq_len=512, warmup_iters=100),
         demo=dict(data_path="data/demo/sft_512.jsonl", val_path="data/demo/sft_512_val.jsonl", model="small",
-                  epochs=2, batch_size=8, accumulation_steps=1, learning_rate=2e-3, max_seq_len=512,
+                  epochs=2, batch_size=8, accumulation_steps=1, learning_rate=2e-3, optimizer="muon", max_seq_len=512,
                   warmup_iters=20, log_step=20, save_step=200)),
     "sft_long": Stage(
         script="SFT_long.py", log_name="SFT_long", data_kind="sft", starts_from=("sft", "pretrain"),
@@ -164,7 +164,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=TrainConfig(data_path="dataset/sft_1024.jsonl", epochs=1, batch_size=16, learning_rate=1e-4,
                           accumulation_steps=4, max_seq_len=1024, warmup_iters=50),
         demo=dict(data_path="data/demo/sft_1024.jsonl", val_path="data/demo/sft_1024_val.jsonl", model="small",
-                  epochs=1, batch_size=4, accumulation_steps=1, learning_rate=1e-3, max_seq_len=1024,
+                  epochs=1, batch_size=4, accumulation_steps=1, learning_rate=1e-3, optimizer="muon", max_seq_len=1024,
                   warmup_iters=10, log_step=20, save_step=200)),
     "distill": Stage(
         script="distill.py", log_name="distill", data_kind="sft", starts_from=("sft_long", "sft", "pretrain"),
