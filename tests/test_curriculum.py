@@ -7,7 +7,7 @@ import torch
 import distill
 import pretrain
 from conftest import DEMO, run_args
-from test_train import assert_same_weights, pretrain_file, weights  # noqa: F401  (fixture)
+from test_train import assert_same_weights, interrupt_then_resume, pretrain_file, weights  # noqa: F401  (fixture)
 
 from scripts import gen_reasoning
 
@@ -80,17 +80,7 @@ def test_muon_trains_hidden_matrices_and_resumes_exactly(tmp_path, pretrain_file
 
     common = ["--data_path", str(pretrain_file), "--max_seq_len", "32", "--batch_size", "4", "--epochs", "2",
               "--save_step", "3", "--val_path", "", "--optimizer", "muon"]
-    assert pretrain.main(run_args(tmp_path / "full", *common)) == 0
-    original = trainer.Trainer.step_batches
-
-    def interrupting(self, step):
-        if step == 4:
-            self.stop_requested = True
-        return original(self, step)
-    monkeypatch.setattr(trainer.Trainer, "step_batches", interrupting)
-    assert pretrain.main(run_args(tmp_path / "cut", *common)) == 130
-    monkeypatch.setattr(trainer.Trainer, "step_batches", original)
-    assert pretrain.main(run_args(tmp_path / "cut", *common, "--resume")) == 0
+    interrupt_then_resume(tmp_path, common, monkeypatch)
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "cut"))
     # and Muon really trained something different from AdamW
     assert pretrain.main(run_args(tmp_path / "adamw", *common[:-2])) == 0

@@ -69,12 +69,10 @@ def test_accumulation_does_not_change_the_gradient(tmp_path, pretrain_file, sft_
     assert_same_weights(weights(tmp_path / "a", "sft"), weights(tmp_path / "b", "sft"), atol=1e-5)
 
 
-def test_resume_continues_the_identical_run(tmp_path, pretrain_file, monkeypatch, capsys):
-    common = ["--data_path", str(pretrain_file), "--max_seq_len", "32", "--batch_size", "4", "--epochs", "2",
-              "--accumulation_steps", "2", "--save_step", "3", "--val_path", ""]
+def interrupt_then_resume(tmp_path, common, monkeypatch):
+    """Run pretraining once straight through (tmp_path/full) and once stopped right after step 4
+    as Ctrl-C would (it saves and exits 130), then --resume'd to the end (tmp_path/cut)."""
     assert pretrain.main(run_args(tmp_path / "full", *common)) == 0
-
-    # Interrupt the second run right after step 4 as Ctrl-C would; it saves and exits 130.
     import trainer
     original = trainer.Trainer.step_batches
 
@@ -87,6 +85,12 @@ def test_resume_continues_the_identical_run(tmp_path, pretrain_file, monkeypatch
     monkeypatch.setattr(trainer.Trainer, "step_batches", original)
     assert not (tmp_path / "cut" / "ckpt" / "pretrain.pt").exists()
     assert pretrain.main(run_args(tmp_path / "cut", *common, "--resume")) == 0
+
+
+def test_resume_continues_the_identical_run(tmp_path, pretrain_file, monkeypatch, capsys):
+    common = ["--data_path", str(pretrain_file), "--max_seq_len", "32", "--batch_size", "4", "--epochs", "2",
+              "--accumulation_steps", "2", "--save_step", "3", "--val_path", ""]
+    interrupt_then_resume(tmp_path, common, monkeypatch)
     assert "at step 5" in capsys.readouterr().out
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "cut"))   # bitwise, CPU fp32
 
