@@ -290,7 +290,7 @@ class XiaoXin(nn.Module):
     def generate(self, input_ids, max_new_tokens: int = GENERATION["max_new_tokens"],
                  temperature: float = GENERATION["temperature"], top_k: int = GENERATION["top_k"],
                  top_p: float = GENERATION["top_p"], repetition_penalty: float = GENERATION["repetition_penalty"],
-                 eos_token_id=None, generator: torch.Generator | None = None, attention_mask=None):
+                 eos_token_id=None, generator: torch.Generator | None = None, attention_mask=None, sampler=None):
         """Yield each new token as it is sampled: an int for batch 1, else a (B,) tensor.
         The sampling defaults are Config.GENERATION's, as in chat, serving and the HF export.
 
@@ -302,6 +302,10 @@ class XiaoXin(nn.Module):
         Prompts of different lengths go in one batch left-padded, with `attention_mask` (B × T,
         1 for prompt tokens, 0 for the padding before them). RoPE attention depends only on the
         distance between tokens, so each row then decodes as it would alone (tested).
+
+        `sampler(logits) -> (B,) token ids` (logits B × V, fp32) replaces the built-in sampling
+        and its settings (temperature, top_k, top_p, repetition_penalty, generator): e.g. GRPO's
+        rollouts, which draw each row's randomness from a stream of its own (grpo.py).
         """
         B, T = input_ids.shape
         if T == 0:
@@ -331,7 +335,8 @@ class XiaoXin(nn.Module):
                 seen.zero_().scatter_(1, torch.where(real, input_ids, input_ids[:, -1:]), True)
         logits = self(input_ids, cache=cache, last_only=True, key_mask=key_mask).logits[:, -1].float()
         for pos in range(T, total):
-            next_token = sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
+            next_token = (sampler(logits) if sampler is not None else
+                          sample_next(logits, temperature, top_k, top_p, repetition_penalty, seen, generator))
             if B == 1:
                 token = int(next_token)
                 yield token

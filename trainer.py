@@ -34,6 +34,9 @@ Adding a stage
    evaluate(self) -> dict[str, float]
        validation numbers to log, e.g. {"val_accuracy": 0.41}; {} when there is nothing to
        validate on. The last ones go into <stage>.json's results as final_<name>.
+   stage_state(self) -> dict, load_stage_state(self, state)
+       state of the stage's own (tensors and plain data) that a resume checkpoint must carry,
+       e.g. the weights a rollout was sampled with when several steps reuse it; {} by default.
 
    Resume stays exact when step_batches is a pure function of (seed, step) or draws only from
    the global torch/numpy/python RNGs, which a resume checkpoint saves and restores.
@@ -548,6 +551,7 @@ class Trainer:
             "accumulation_steps": self.cfg.accumulation_steps, "plan": self.plan_signature(),
             "init_from": str(self.init_path or ""),
             "history": self.log.history, "train_config": dataclasses.asdict(self.cfg),
+            "stage_state": self.stage_state(),
             "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -557,6 +561,13 @@ class Trainer:
         for p in old:
             p.unlink(missing_ok=True)
         self.log.print(f"saved checkpoint {path}")
+
+    def stage_state(self) -> dict:
+        """A stage's own resume state (see the module docstring); none for data-file stages."""
+        return {}
+
+    def load_stage_state(self, state: dict):
+        pass
 
     def load_resume_state(self):
         files = sorted(self.checkpoint_dir().glob("step_*.pt"))
@@ -581,6 +592,7 @@ class Trainer:
                             f"(e.g. --accumulation_steps {ckpt['accumulation_steps'] * ckpt['world_size'] // self.dist.world}) "
                             f"so the run sees the same batches.")
         self.log.history.update(ckpt.get("history", {}))
+        self.load_stage_state(ckpt.get("stage_state") or {})
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"]); set_numpy_rng_state(rng["numpy"]); random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():

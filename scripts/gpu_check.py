@@ -8,6 +8,9 @@
 2. scripts/bench.py at the default (~26M) and large (~106M) sizes: training tokens/s and MFU
    (XiaoXin eager and compiled vs HF eager and compiled), batch-1 decoding vs HF generate.
 3. Projected time for one epoch of the real pretrain_hq corpus (≈ 0.4B tokens).
+4. GRPO (grpo.py) on the default model: rollout throughput (generated tokens/s) and the time of
+   one optimiser step (rollout + learner), --grpo_steps steps of 32 prompts × 8 samples × 256 new
+   tokens from random weights, every row decoded to full length and every group kept (worst case).
 Writes gpu_check.json (and the bench JSONs) to --out. Needs only torch and transformers.
 """
 import argparse
@@ -54,10 +57,60 @@ def correctness(report):
     print(json.dumps(report["correctness"], indent=1), flush=True)
 
 
+def grpo_check(report, out: Path, steps: int):
+    """The GRPO stage through run_stage, on random default-model weights, with a reward every group
+    varies on (the share of even token ids), so the learner trains on every sampled row."""
+    import grpo
+    from Config import model_config
+    from checkpoint import open_tokenizer, save_atomic
+    from model import XiaoXin
+    from trainer import run_stage
+
+    step_starts = []
+
+    class EveryGroupKept(grpo.GRPOTrainer):
+        def grade(self, problem, reply, completion):
+            return sum(t % 2 == 0 for t in completion) / len(completion), False, False
+
+        def step_batches(self, step):
+            step_starts.append(time.perf_counter())
+            return super().step_batches(step)
+
+    run = out / "grpo"
+    tok = open_tokenizer(ROOT / "XiaoXin_tokenizer")
+    torch.manual_seed(0)
+    model = XiaoXin(model_config("default"))
+    save_atomic({"model": model.state_dict(), "config": model.config.to_dict(), "tokenizer_hash": tok.hash,
+                 "stage": "distill"}, run / "ckpt" / "distill.pt")
+    args = ["--model", "default", "--save_dir", str(run / "ckpt"), "--log_dir", str(run / "log"),
+            "--plot_dir", str(run / "plots"), "--tracker", "none", "--compile", "off", "--data_path", "",
+            "--val_path", "",
+            "--max_steps", str(steps), "--prompts_per_step", "32", "--group_size", "8", "--max_new_tokens", "256",
+            "--batch_size", "64", "--max_seq_len", "512", "--val_problems", "0", "--log_step", "1"]
+    t = time.perf_counter()
+    code = run_stage("grpo", args, EveryGroupKept)
+    wall = time.perf_counter() - t
+    rows = [json.loads(line) for line in (run / "log" / "grpo_steps.jsonl").read_text().splitlines()]
+    record = json.loads((run / "ckpt" / "grpo.json").read_text())
+    # A step runs from one step_batches call to the next; the first includes CUDA warm-up.
+    step_seconds = [b - a for a, b in zip(step_starts, step_starts[1:])]
+    rollout = [r["rollout_tok_s"] for r in rows[1:]] or [r["rollout_tok_s"] for r in rows]
+    report["grpo"] = {
+        "exit_code": code, "steps": len(rows), "rows_per_step": 32 * 8, "max_new_tokens": 256,
+        "rollout_tokens_per_s_median": sorted(rollout)[len(rollout) // 2],
+        "rollout_tokens_per_s": [r["rollout_tok_s"] for r in rows],
+        "completion_len_mean": sum(r["completion_len"] for r in rows) / len(rows),
+        "step_seconds_after_first": step_seconds[1:], "wall_seconds": wall,
+        "trainer_wall_seconds": record["results"]["wall_seconds"],
+    }
+    print(json.dumps({k: v for k, v in report["grpo"].items() if k != "rollout_tokens_per_s"}, indent=1), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/gpu_check")
     p.add_argument("--sizes", nargs="+", default=["default", "large"])
+    p.add_argument("--grpo_steps", type=int, default=4, help="GRPO optimiser steps to time (0 = skip)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: no CUDA device here; this script is for a GPU machine.", file=sys.stderr)
@@ -78,6 +131,8 @@ def main(argv=None) -> int:
         systems = result["train"]["systems"]
         best = max(systems.values(), key=lambda r: r["tokens_per_s"])["tokens_per_s"]
         report[f"pretrain_hq_epoch_minutes_{size}"] = PRETRAIN_HQ_TOKENS / best / 60
+    if args.grpo_steps:
+        grpo_check(report, out, args.grpo_steps)
     report["wall_s"] = time.perf_counter() - t
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {out / 'gpu_check.json'} in {report['wall_s']:.0f} s")

@@ -16,6 +16,8 @@ DEMO = ROOT / "data" / "demo"
 TINY_STAGE_ARGS = {
     "pretrain": ["--max_seq_len", "128", "--batch_size", "8", "--max_steps", "6"],
     "sft": ["--max_seq_len", "512", "--batch_size", "8", "--max_steps", "4"],
+    "grpo": ["--max_seq_len", "256", "--batch_size", "8", "--max_steps", "2", "--prompts_per_step", "2",
+             "--group_size", "2", "--max_new_tokens", "8", "--val_problems", "4"],
 }
 
 
