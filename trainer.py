@@ -360,11 +360,16 @@ def swanlab_logged_in() -> bool:
         return (Path.home() / ".swanlab" / ".netrc").is_file()
 
 
-def save_plot(history: dict, path: Path, title: str):
-    """Loss (with validation loss) and learning rate, then one panel per other logged value."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def save_plot(history: dict, path: Path, title: str) -> bool:
+    """Loss (with validation loss) and learning rate, then one panel per other logged value.
+    Without matplotlib (an optional extra on a bare GPU box) there is no figure, and no failure:
+    the weights are already saved and the numbers are in the stage's json and steps log."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
     others = [k for k in history if k not in ("step", "loss", "lr", "val_step", "val_loss")]
     panels = 2 + len(others)
     cols = min(panels, 3)
@@ -386,6 +391,7 @@ def save_plot(history: dict, path: Path, title: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 # ---------------------------------------------------------------- the loop
@@ -768,8 +774,11 @@ class Trainer:
         self.save_final(results)
         if self.dist.main and self.log.history["step"]:
             plot = Path(cfg.plot_dir or Path(cfg.save_dir) / "plots") / f"{cfg.stage}_loss.png"
-            save_plot(self.log.history, plot, f"XiaoXin {cfg.stage} ({cfg.model})")
-            log.print(f"wrote {plot}")
+            if save_plot(self.log.history, plot, f"XiaoXin {cfg.stage} ({cfg.model})"):
+                log.print(f"wrote {plot}")
+            else:
+                log.print("note: matplotlib is not installed, so no loss plot (pip install matplotlib); "
+                          "the curve is in the stage's json and steps log.")
         return results
 
     def record_step(self, step: int, loss: float, metrics: dict, batches):

@@ -155,3 +155,23 @@ def test_loss_goes_down(trained):
     log = (trained / "log" / "Pretrain.log").read_text().splitlines()
     losses = [float(line.split(" loss ")[1].split()[0]) for line in log if " loss " in line and "step" in line]
     assert losses[-1] < losses[0] and history[0]["steps"] == 6
+
+
+def test_a_stage_without_matplotlib_still_finishes(tmp_path, pretrain_file, monkeypatch, capsys):
+    """matplotlib is an optional extra (a bare GPU machine may lack it): the stage must end with
+    its weights, record and one note, not a traceback after the weights are saved."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert pretrain.main(run_args(tmp_path, "--data_path", str(pretrain_file), "--max_seq_len", "32",
+                                  "--max_steps", "2", "--val_path", "")) == 0
+    out = capsys.readouterr().out
+    assert "matplotlib is not installed" in out and (tmp_path / "ckpt" / "pretrain.pt").is_file()
+    record = json.loads((tmp_path / "ckpt" / "pretrain.json").read_text())
+    assert record["history"]["step"] == list(range(1, record["results"]["steps"] + 1))
+    assert not list((tmp_path / "assets").glob("*.png"))
