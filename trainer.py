@@ -688,21 +688,14 @@ class Trainer:
                 group["lr"] = lr
             epoch, batches, n_loss_tokens = self.step_batches(step)
             self.tokens_seen["loss"] += int(n_loss_tokens)
-            step_loss, step_metrics = torch.zeros((), device=self.device), {}
-            for i, b in enumerate(batches):
-                last = i == len(batches) - 1
-                sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
-                with sync:
-                    b = to_device(b, self.device)
-                    with self.autocast():
-                        row_sums, metrics = self.forward_loss(b)
-                    loss_sum = row_sums.sum()
-                    # DDP averages gradients over ranks; × world turns that into a sum over ranks.
-                    self.scaler.scale(loss_sum * (world / max(n_loss_tokens, 1))).backward()
-                step_loss += loss_sum.detach()
-                add_metrics(step_metrics, metrics, self.device)
-                tokens_since_log += int(b.loss_mask.shape[0] * b.loss_mask.shape[1])
-                self.tokens_seen["computed"] += int(b.loss_mask.shape[0] * b.loss_mask.shape[1]) * world
+            try:
+                step_loss, step_metrics, computed = self.accumulate(batches, n_loss_tokens)
+            except Exception as e:
+                if not self.fall_back_to_eager(e):
+                    raise
+                step_loss, step_metrics, computed = self.accumulate(batches, n_loss_tokens)
+            tokens_since_log += computed
+            self.tokens_seen["computed"] += computed * world
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
             # One host sync per optimiser step (never per micro-step): the finiteness check and
@@ -780,6 +773,40 @@ class Trainer:
                 log.print("note: matplotlib is not installed, so no loss plot (pip install matplotlib); "
                           "the curve is in the stage's json and steps log.")
         return results
+
+    def accumulate(self, batches, n_loss_tokens: int):
+        """Forward and backward over this rank's micro-batches of one optimiser step: the summed
+        loss, the metrics (device tensors) and the positions computed."""
+        world = self.dist.world
+        step_loss, step_metrics, computed = torch.zeros((), device=self.device), {}, 0
+        for i, b in enumerate(batches):
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
+            with sync:
+                b = to_device(b, self.device)
+                with self.autocast():
+                    row_sums, metrics = self.forward_loss(b)
+                loss_sum = row_sums.sum()
+                # DDP averages gradients over ranks; × world turns that into a sum over ranks.
+                self.scaler.scale(loss_sum * (world / max(n_loss_tokens, 1))).backward()
+            step_loss += loss_sum.detach()
+            add_metrics(step_metrics, metrics, self.device)
+            computed += int(b.loss_mask.shape[0] * b.loss_mask.shape[1])
+        return step_loss, step_metrics, computed
+
+    def fall_back_to_eager(self, error: Exception) -> bool:
+        """AOTAutograd compiles the backward lazily, at the first .backward() of each graph, so an
+        inductor/Triton failure can surface there, after CompileOrEager's forward check passed.
+        Then: one warning, the step's gradients dropped, and the step run again eagerly."""
+        if not isinstance(self.forward_loss, CompileOrEager) or self.forward_loss.works is False \
+                or isinstance(error, torch.OutOfMemoryError):
+            return False
+        self.log.print(f"warning: torch.compile failed in the backward pass ({type(error).__name__}: "
+                       f"{str(error).splitlines()[0][:160] if str(error) else ''}); running eagerly. "
+                       f"Pass --compile off to skip the attempt.")
+        self.forward_loss.works = False
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
 
     def record_step(self, step: int, loss: float, metrics: dict, batches):
         """Append {step, loss, this rank's metrics, first/last source line} to log/<Stage>_steps.jsonl;

@@ -175,3 +175,36 @@ def test_a_stage_without_matplotlib_still_finishes(tmp_path, pretrain_file, monk
     record = json.loads((tmp_path / "ckpt" / "pretrain.json").read_text())
     assert record["history"]["step"] == list(range(1, record["results"]["steps"] + 1))
     assert not list((tmp_path / "assets").glob("*.png"))
+
+
+def test_a_compile_failure_in_the_first_backward_falls_back_to_eager(tmp_path, pretrain_file, monkeypatch, capsys):
+    """AOTAutograd compiles the backward at the first .backward(): a failure there must not kill
+    the run. The step is redone eagerly, so the run ends exactly as an eager run does."""
+    import model as model_module
+
+    class BrokenBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("inductor: backward kernel failed to build")
+
+    def fake_compile(fn, **kwargs):     # a "compiled" loss whose forward works and backward fails
+        def compiled(*args):
+            row_sums, metrics = fn(*args)
+            return BrokenBackward.apply(row_sums), metrics
+        return compiled
+    monkeypatch.setattr(model_module.torch, "compile", fake_compile)
+    common = ["--data_path", str(pretrain_file), "--max_seq_len", "32", "--batch_size", "4", "--max_steps", "3",
+              "--val_path", ""]
+    eager = run_args(tmp_path / "eager", *common)
+    eager[eager.index("--compile") + 1] = "off"
+    assert pretrain.main(eager) == 0
+    compiled = run_args(tmp_path / "compiled", *common)
+    compiled[compiled.index("--compile") + 1] = "on"
+    assert pretrain.main(compiled) == 0
+    out = capsys.readouterr().out
+    assert out.count("torch.compile failed in the backward pass") == 1
+    assert_same_weights(weights(tmp_path / "eager"), weights(tmp_path / "compiled"))
