@@ -26,7 +26,13 @@ def test_prompts_file_prints_one_json_line_per_prompt(trained, tmp_path, capsys)
 
 def test_latest_stage_is_the_default_and_missing_stage_is_an_error(trained, tmp_path, capsys):
     from checkpoint import find_stage_checkpoint
-    assert find_stage_checkpoint(trained / "ckpt", None).name == "distill.pt"
+    import Config
+    assert find_stage_checkpoint(trained / "ckpt", None).name == f"{list(Config.STAGES)[-1]}.pt" == "grpo.pt"
+    (trained / "ckpt" / "grpo.pt").rename(trained / "ckpt" / "grpo.pt.away")
+    try:     # without the last stage's weights, the one before it
+        assert find_stage_checkpoint(trained / "ckpt", None).name == "distill.pt"
+    finally:
+        (trained / "ckpt" / "grpo.pt.away").rename(trained / "ckpt" / "grpo.pt")
     assert eval_model.main(["--save_dir", str(tmp_path), "--prompt", "hi"]) == 2
     assert "holds no trained stage" in capsys.readouterr().err
     assert eval_model.main(["--save_dir", str(trained / "ckpt"), "--prompt", "hi", "--model", "default"]) == 2
