@@ -7,7 +7,8 @@
 What is scored:
 - {"text": ...} records: the text normalised as the trainer normalises it (segments closed
   by <|im_end|>), read as if it followed a document end: <|im_end|> + text, every token scored.
-- {"conversations": [...]} records: the ChatML rendering; by default only the assistant
+- {"conversations": [...]} records: the ChatML rendering from its first token, exactly as the
+  SFT loader feeds it (no leading document end; the first token is context); by default only the assistant
   replies and their closing <|im_end|> are scored (what SFT trains on), --score all scores
   every token after the first.
 - a .txt file: one document, every token after a leading <|im_end|> scored.
@@ -39,8 +40,10 @@ IM_END = "<|im_end|>"
 
 # ---------------------------------------------------------------- documents
 
-def read_documents(path: Path, score: str, limit: int) -> list[tuple[str, list]]:
-    """(text, character spans [start, end) to score, or None for "everything") per document."""
+def read_documents(path: Path, score: str, limit: int) -> list[tuple[str, list, bool]]:
+    """(text, character spans [start, end) to score or None for "everything", whether it is read
+    after a document end) per document: plain text is, as the pretraining rows pack it;
+    conversations are not, as the SFT loader starts each at its <|im_start|>."""
     from dataset import check_conversation, check_pretrain, iter_jsonl, render_chat
     if not path.is_file():
         raise UserError(f"--data {path} does not exist.")
@@ -51,7 +54,7 @@ def read_documents(path: Path, score: str, limit: int) -> list[tuple[str, list]]
             raise UserError(f"--data {path} is not UTF-8 text.") from None
         if not text.strip():
             raise UserError(f"--data {path} is empty.")
-        return [(text, None)]
+        return [(text, None, True)]
     if path.suffix != ".jsonl":
         raise UserError(f"--data {path} is neither .jsonl nor .txt.")
     documents = []
@@ -63,9 +66,9 @@ def read_documents(path: Path, score: str, limit: int) -> list[tuple[str, list]]
                 raise record
             if isinstance(record, dict) and "conversations" in record:
                 text, spans = render_chat(check_conversation(record))
-                documents.append((text, None if score == "all" else spans))
+                documents.append((text, None if score == "all" else spans, False))
             else:
-                documents.append((check_pretrain(record), None))
+                documents.append((check_pretrain(record), None, True))
         except ValueError as e:
             raise UserError(f"{path} line {line_no}: {e}.") from None
         if limit and len(documents) >= limit:
@@ -75,15 +78,18 @@ def read_documents(path: Path, score: str, limit: int) -> list[tuple[str, list]]
     return documents
 
 
-def tokenize(lm, text: str, spans) -> tuple[list[int], list[bool]]:
-    """Token ids of <|im_end|> + text, and for each position whether that token is scored
-    (the leading <|im_end|> never is; with spans, only tokens starting inside a span are)."""
+def tokenize(lm, text: str, spans, after_doc_end: bool = True) -> tuple[list[int], list[bool]]:
+    """Token ids of text (after a leading <|im_end|> when `after_doc_end`), and for each position
+    whether that token is scored (never the first position, which nothing predicts; with spans,
+    only tokens starting inside a span)."""
     ids, starts = lm.encode_with_offsets(text)
     if spans is None:
         scored = [True] * len(ids)
     else:
         scored = [any(a <= s < b for a, b in spans) for s in starts]
-    return [lm.doc_start_id] + ids, [False] + scored
+    if after_doc_end:
+        return [lm.doc_start_id] + ids, [False] + scored
+    return ids, [False] + scored[1:]
 
 
 def windows(n: int, max_len: int, stride: int):
@@ -103,8 +109,8 @@ def score(lm, documents, max_len: int, stride: int, batch_size: int, progress: b
     import torch
     from tqdm import tqdm
     rows = []          # (ids, [(position in row whose logits predict, target id, is text token)])
-    for text, spans in documents:
-        ids, scored = tokenize(lm, text, spans)
+    for text, spans, after_doc_end in documents:
+        ids, scored = tokenize(lm, text, spans, after_doc_end)
         for start, end, first in windows(len(ids), max_len, stride):
             targets = [(t - start - 1, ids[t], ids[t] not in lm.special_ids)
                        for t in range(first, end) if scored[t]]

@@ -218,18 +218,24 @@ def run_ppl(ckpt, tmp_path, data, *extra, stage="distill") -> dict:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def brute_force_bpb(model, tokenizer, texts_and_spans) -> tuple[float, int]:
-    """Bits per byte the slow way: a whole forward per document, bytes counted on the text."""
+def brute_force_bpb(model, tokenizer, texts_and_spans, after_doc_end=True) -> tuple[float, int]:
+    """Bits per byte the slow way: a whole forward per document, bytes counted on the text. Plain
+    text is read after a document end (<|im_end|>); a conversation from its own first token, as the
+    SFT loader feeds it, so its first token is context only."""
     nll_bits, n_bytes = 0.0, 0
     for text, spans in texts_and_spans:
         enc = tokenizer.tokenizer.encode(text, add_special_tokens=False)
-        ids = [tokenizer.im_end_id] + enc.ids
+        lead = [tokenizer.im_end_id] if after_doc_end else []
+        ids = lead + enc.ids
         with torch.no_grad():
             logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
         for i, (token, (start, _)) in enumerate(zip(enc.ids, enc.offsets)):
             if token in (0, 1, 2) or (spans is not None and not any(a <= start < b for a, b in spans)):
                 continue
-            nll_bits -= logprobs[i, token].item() / math.log(2)      # position i predicts ids[i + 1]
+            if not after_doc_end and i == 0:
+                continue
+            # the logits at position p predict ids[p + 1]; token i of the text sits at len(lead) + i
+            nll_bits -= logprobs[len(lead) + i - 1, token].item() / math.log(2)
         scored_text = text if spans is None else "".join(text[a:b] for a, b in spans)
         n_bytes += len(scored_text.replace("<|im_end|>", "").encode("utf-8"))
     return nll_bits / n_bytes, n_bytes
@@ -253,7 +259,7 @@ def test_ppl_bits_per_byte_two_ways_on_conversations(ckpt, native, tokenizer, tm
     result = run_ppl(ckpt, tmp_path, data, "--limit", "4")
     docs = [render_chat(check_conversation(json.loads(line)))
             for line in data.read_text(encoding="utf-8").splitlines()[:4]]
-    bpb, n_bytes = brute_force_bpb(native, tokenizer, docs)
+    bpb, n_bytes = brute_force_bpb(native, tokenizer, docs, after_doc_end=False)
     assert result["bytes"] == n_bytes and result["bits_per_byte"] == pytest.approx(bpb, rel=1e-6)
 
 
