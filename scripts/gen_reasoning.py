@@ -1396,43 +1396,42 @@ def write_curriculum(out_path, n, seed, base_path=None, exclude_paths=(EVAL_FILE
     return out_path
 
 
-def read_questions(path):
-    """Every question in a jsonl file of either format: eval records' ``question`` and the
-    user turns of sft records. Raises ValueError naming the line of a record that is neither."""
-    questions = []
+def jsonl_records(path):
+    """(line number, record) for each non-empty line of a jsonl file; ValueError naming the line
+    of one that is not JSON."""
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield i, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if isinstance(rec, dict) and isinstance(rec.get("question"), str):
-                questions.append(rec["question"])
-            elif isinstance(rec, dict) and isinstance(rec.get("conversations"), list):
-                questions += [t["content"] for t in rec["conversations"]
-                              if isinstance(t, dict) and t.get("role") == "user" and isinstance(t.get("content"), str)]
-            else:
-                raise ValueError(f"{path}:{i}: neither an eval record (\"question\") nor an sft record (\"conversations\")")
+
+
+def read_questions(path):
+    """Every question in a jsonl file of either format: eval records' ``question`` and the
+    user turns of sft records. Raises ValueError naming the line of a record that is neither."""
+    questions = []
+    for i, rec in jsonl_records(path):
+        if isinstance(rec, dict) and isinstance(rec.get("question"), str):
+            questions.append(rec["question"])
+        elif isinstance(rec, dict) and isinstance(rec.get("conversations"), list):
+            questions += [t["content"] for t in rec["conversations"]
+                          if isinstance(t, dict) and t.get("role") == "user" and isinstance(t.get("content"), str)]
+        else:
+            raise ValueError(f"{path}:{i}: neither an eval record (\"question\") nor an sft record (\"conversations\")")
     return questions
 
 
 def read_eval(path):
     """Eval-format records (id, kind, question, answer) from a jsonl file."""
     problems = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if not (isinstance(rec, dict) and isinstance(rec.get("kind"), str) and isinstance(rec.get("question"), str)):
-                raise ValueError(f"{path}:{i}: not an eval record (needs \"kind\" and \"question\"; "
-                                 "make one with --format eval)")
-            problems.append(rec)
+    for i, rec in jsonl_records(path):
+        if not (isinstance(rec, dict) and isinstance(rec.get("kind"), str) and isinstance(rec.get("question"), str)):
+            raise ValueError(f"{path}:{i}: not an eval record (needs \"kind\" and \"question\"; "
+                             "make one with --format eval)")
+        problems.append(rec)
     return problems
 
 
