@@ -108,3 +108,19 @@ def test_unknown_flag_and_value(tmp_path, capsys):
     assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
     assert cli(tmp_path, pretrain, "--compile", "sometimes") == 2
     assert "--compile 'sometimes' is not one of" in capsys.readouterr().err
+
+
+def test_auto_dtype_on_a_gpu_with_emulated_bf16_is_fp16(monkeypatch):
+    """T4/V100/20-series report bf16 as supported only by emulation: auto must pick fp16 there,
+    and bf16 on a card that has it in hardware."""
+    import torch
+    import checkpoint
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    native = {"value": False}
+
+    def is_bf16_supported(including_emulation=True):
+        return True if including_emulation else native["value"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert checkpoint.resolve_device("cuda", "auto")[1] == torch.float16
+    native["value"] = True
+    assert checkpoint.resolve_device("cuda", "auto")[1] == torch.bfloat16
