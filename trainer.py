@@ -397,6 +397,10 @@ def save_plot(history: dict, path: Path, title: str) -> bool:
 # ---------------------------------------------------------------- the loop
 
 class Trainer:
+    # record_step flags a step whose loss jumps above 1.5× its running mean; a stage whose loss is
+    # no error measure (a policy-gradient surrogate is centred on 0 and changes sign) turns it off.
+    flag_loss_spikes = True
+
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg, self.resume = cfg, resume
         self.dist = init_distributed(cfg.device)
@@ -818,7 +822,8 @@ class Trainer:
         record = {"step": step, "loss": round(loss, 5), **{k: round(v, 5) for k, v in metrics.items()},
                   "lines": [int(lines[0]), int(lines[-1])] if len(lines) else []}
         mean = getattr(self, "_loss_mean", None)
-        if not math.isfinite(loss) or (mean is not None and step > self.warmup and loss > 1.5 * mean):
+        if not math.isfinite(loss) or (self.flag_loss_spikes and mean is not None and step > self.warmup
+                                       and loss > 1.5 * mean):
             record["spike"] = True
             record["all_lines"] = lines.tolist()
         if math.isfinite(loss):
