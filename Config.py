@@ -187,8 +187,8 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=GRPOConfig(data_path="", val_path="data/eval/reasoning_eval.jsonl", epochs=1, batch_size=32,
                          learning_rate=1e-5, min_lr_ratio=1.0, weight_decay=0.0, accumulation_steps=1,
                          max_seq_len=1024, warmup_iters=10, log_step=1, eval_step=50, save_step=50),
-        demo=dict(val_path="data/eval/reasoning_eval.jsonl", model="small", max_steps=40, prompts_per_step=8,
-                  group_size=8, max_new_tokens=192, batch_size=32, learning_rate=1e-4, max_seq_len=384,
+        demo=dict(val_path="data/eval/reasoning_eval.jsonl", model="small", max_steps=40, prompts_per_step=16,
+                  group_size=8, max_new_tokens=192, batch_size=32, learning_rate=5e-5, max_seq_len=384,
                   warmup_iters=2, log_step=1, eval_step=20, save_step=20, val_problems=200)),
 }
 
