@@ -692,7 +692,8 @@ README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
 
 def render_summary(r: dict) -> str:
     """The README's block: the stage table, held-out accuracy by stage and kind, the figures."""
-    lines = [f"From `python scripts/run_demo.py` ({r['created'][:10]}, {r['machine']['cpu']}, "
+    lines = [f"From one run of the demo pipeline (each stage's demo profile, then the report card; "
+             f"{r['created'][:10]}, {r['machine']['cpu']}, "
              f"{r['machine']['cores']} cores, torch {r['machine']['versions'].get('torch')}, "
              f"commit {(r['machine']['git_commit'] or 'unknown')[:7]}); the whole card: "
              f"[assets/report.md](assets/report.md).", "",
