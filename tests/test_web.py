@@ -70,10 +70,22 @@ def wait_done(page, n: int):
     return message.get_attribute("data-state")
 
 
-def test_a_typed_message_gets_the_streamed_reply_and_the_next_turn_sends_the_history(page, sft_server, sft_chat):
+def test_a_typed_message_gets_the_streamed_reply_and_the_next_turn_sends_the_history(page, sft_server, sft_chat,
+                                                                                   monkeypatch):
+    # A tiny model trained for four steps may answer with nothing but newlines, which a page cannot
+    # show: its generator is scripted with a visible reply that names the prompt's length, so the two
+    # turns differ, and it records the sampling settings the page's parameters arrive as.
+    seen = []
+
+    def generate(x, max_new_tokens, **sampling):
+        seen.append(dict(sampling, max_new_tokens=max_new_tokens))
+        ids = sft_chat.tok.encode(f"这是对{x.shape[-1]}个词元的回答。")
+        yield from ids[:max_new_tokens]
+    monkeypatch.setattr(sft_chat.model, "generate", generate)
     first = [{"role": "user", "content": "你好"}]
     expected = sft_chat.reply(first, **GREEDY)
-    assert expected.strip(), "the tiny sft model's greedy reply should be visible text"
+    assert expected.startswith("这是对") and expected.endswith("个词元的回答。")
+    seen.clear()
     page.goto(sft_server.url)
     page.wait_for_function("document.getElementById('model-name').textContent === 'xiaoxin-sft'")
     page.click("#settings summary")
@@ -95,7 +107,9 @@ def test_a_typed_message_gets_the_streamed_reply_and_the_next_turn_sends_the_his
     assert (body["model"], body["temperature"], body["max_tokens"]) == ("xiaoxin-sft", 0, 24)
     assert "top_p" not in body                                             # left empty: the server's default
     assert wait_done(page, 1) == "done"
-    assert assistant(page, 1).locator(".content").text_content() == sft_chat.reply(history, **GREEDY)
+    second = sft_chat.reply(history, **GREEDY)
+    assert second != expected and assistant(page, 1).locator(".content").text_content() == second
+    assert [(s["max_new_tokens"], s.get("temperature")) for s in seen[:2]] == [(24, 0), (24, 0)]
 
 
 def test_a_server_error_is_shown_in_the_conversation(page, sft_server):
