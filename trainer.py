@@ -97,7 +97,7 @@ def parse_args(stage: str, argv=None) -> tuple[TrainConfig, bool]:
         raise
     resume = given.pop("resume", False)
     cfg = base
-    if "data_path" not in given and not Path(cfg.data_path).is_file() and entry.demo:
+    if "data_path" not in given and not Path(real_data(stage)).is_file() and entry.demo:
         demo = dict(entry.demo)
         for key in ("data_path", "val_path"):   # the demo files ship with the repository
             if demo.get(key) and not Path(demo[key]).is_absolute():
@@ -105,11 +105,22 @@ def parse_args(stage: str, argv=None) -> tuple[TrainConfig, bool]:
         cfg = dataclasses.replace(cfg, **demo)
         settings = ", ".join(f"{k}={v}" for k, v in entry.demo.items() if k not in given and not k.endswith("_path"))
         data = f"on the bundled demo data {entry.demo['data_path']} " if "data_path" in entry.demo else ""
-        print(f"{base.data_path or 'no --data_path'} not found, so training {data}with the demo profile "
+        whose = "" if base.data_path else f" (the data of the {entry.starts_from[0]} stage it starts from)"
+        print(f"{real_data(stage)}{whose} not found, so training {data}with the demo profile "
               f"({settings}); download the real data with python scripts/download_data.py.", flush=True)
     cfg = dataclasses.replace(cfg, **given)
     validate(cfg)
     return cfg, resume
+
+
+def real_data(stage: str) -> str:
+    """The file whose presence selects a stage's real defaults over its demo profile: its own
+    --data_path default, or, for a stage that makes its own data (GRPO's curriculum prompts), that
+    of the stage it starts from — a model distilled on the real data gets the real RL settings."""
+    entry = Config.STAGES[stage]
+    while not entry.train.data_path and entry.starts_from:
+        entry = Config.STAGES[entry.starts_from[0]]
+    return entry.train.data_path
 
 
 def validate(cfg: TrainConfig):

@@ -363,3 +363,21 @@ def test_grpo_checkpoint_chats_evaluates_and_exports(trained, tmp_path, capsys):
     assert json.loads(out.read_text())["n"] == 3
     assert export_hf.main(["--save_dir", str(ckpt), "--stage", "grpo", "--out", str(tmp_path / "hf")]) == 0
     assert "reinforcement learning" in (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+
+
+def test_real_rl_settings_follow_the_distill_stage_s_real_data(tmp_path, monkeypatch, capsys):
+    """GRPO makes its own prompts, so whether it runs its demo profile or its real defaults follows
+    the data of the stage it starts from: a model distilled on the real data gets the real settings."""
+    import Config
+    from trainer import parse_args
+    monkeypatch.chdir(tmp_path)
+    demo, _ = parse_args("grpo", [])
+    assert (demo.model, demo.max_new_tokens) == (Config.STAGES["grpo"].demo["model"], 192)
+    assert "dataset/r1_mix_1024.jsonl (the data of the distill stage it starts from) not found" in capsys.readouterr().out
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "r1_mix_1024.jsonl").write_text("{}\n", encoding="utf-8")
+    (tmp_path / "data" / "eval").mkdir(parents=True)   # the real val_path is relative to the working folder
+    (tmp_path / "data" / "eval" / "reasoning_eval.jsonl").symlink_to(ROOT / "data" / "eval" / "reasoning_eval.jsonl")
+    real, _ = parse_args("grpo", [])
+    assert real == Config.STAGES["grpo"].train.__class__(**{**vars(Config.STAGES["grpo"].train), "stage": "grpo"})
+    assert "demo profile" not in capsys.readouterr().out

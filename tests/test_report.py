@@ -307,3 +307,43 @@ def test_publish_copies_one_report_into_assets_and_the_readme_block(card, tmp_pa
     readme.write_text("no markers\n", encoding="utf-8")
     with pytest.raises(report.UserError, match="report:start"):
         report.publish(out, readme=readme, assets=assets)
+
+
+def test_pass_at_k_is_the_unbiased_estimate():
+    """pass@k from n samples with c correct = the share of k-subsets holding a correct one (enumerated)."""
+    from itertools import combinations
+    for n in range(1, 7):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                subsets = list(combinations([True] * c + [False] * (n - c), k))
+                assert eval_reasoning.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets))
+
+
+def test_sampled_evaluation_counts_pass_at_k_per_problem(trained, tok, monkeypatch):
+    """--samples K --temperature T: K seeded replies per problem, pass@1 = the mean share correct,
+    pass@K = the share of problems with any correct reply. The grader is replaced by a rule on the
+    reply text so that the tiny model gets a mix of right and wrong replies to count."""
+    def rule(kind, answer, reply):
+        return {"correct": len(reply) % 3 == 0, "well_formed": len(reply) % 2 == 0}
+    monkeypatch.setattr(eval_reasoning, "score", rule)
+    model = load(trained / "ckpt", "sft")
+    problems = eval_reasoning.read_problems(ROOT / "data" / "eval" / "reasoning_eval.jsonl")[:6]
+    result = eval_reasoning.evaluate(model, tok, problems, max_new_tokens=6, batch_size=8, samples=4,
+                                     temperature=1.5, seed=3)
+    counts = []
+    for r in result["results"]:
+        assert len(r["replies"]) == 4
+        counts.append(sum(rule("", "", text)["correct"] for text in r["replies"]))
+        assert r["correct_samples"] == counts[-1] and r["correct"] == counts[-1] / 4
+    assert 0 < sum(counts) < 24 and len({len(t) for r in result["results"] for t in r["replies"]}) > 2
+    assert result["accuracy"] == pytest.approx(sum(counts) / 24) == pytest.approx(result["pass_at"][1])
+    assert result["pass_at"][4] == pytest.approx(sum(c > 0 for c in counts) / 6)
+    assert list(result["pass_at"]) == [1, 2, 4] and result["pass_at"][1] <= result["pass_at"][2] <= result["pass_at"][4]
+    assert result["format_rate"] == pytest.approx(
+        sum(len(t) % 2 == 0 for r in result["results"] for t in r["replies"]) / 24)
+    again = eval_reasoning.evaluate(model, tok, problems, max_new_tokens=6, batch_size=8, samples=4,
+                                    temperature=1.5, seed=3)
+    assert again["results"] == result["results"]                     # seeded
+    other = eval_reasoning.evaluate(model, tok, problems, max_new_tokens=6, batch_size=8, samples=4,
+                                    temperature=1.5, seed=4)
+    assert [r["replies"] for r in other["results"]] != [r["replies"] for r in result["results"]]
