@@ -18,11 +18,13 @@ defaults to --save_dir. What is measured:
 - bits per byte on held-out text (scripts/eval_ppl.py): pretraining validation text for the
   pretrained and the latest model, SFT validation answers for the SFT and the latest model;
 - SFT fluency: greedy answers of the SFT model to its validation prompts, compared with the
-  reference answers (difflib character similarity, share ≥ 0.9, mean);
+  reference answers (difflib character similarity, share ≥ 0.9, mean), and the share that read
+  as sentences at all (end on their own, Chinese text, no loop: `fluent`);
 - C-Eval val accuracy of the latest model when --ceval_dir exists (scripts/eval_bench.py);
 - sample answers to a fixed list of prompts; the machine and library versions.
 """
 import argparse
+import re
 import datetime
 import difflib
 import json
@@ -273,6 +275,25 @@ def bits_per_byte(save_dir: Path, stage: str, data: Path, score: str, tokenizer_
             "documents": result["documents"]}
 
 
+LOOP = re.compile(r"(.{1,16}?)\1{2,}", re.S)     # a unit of 1–16 characters, three or more times in a row
+
+
+def looping(text: str) -> str:
+    """The repeated stretch if `text` runs in a loop ("我没有联网,我没有联网,我没有联网",
+    "在一定在一定在一定", "0000000000"), else "": what an undertrained model's greedy decoding falls
+    into instead of a sentence. A run of one character counts from 8 ("10000000元" is a number)."""
+    for m in LOOP.finditer(text):
+        if len(set(m.group(0))) > 1 or len(m.group(0)) >= 8:
+            return m.group(0)
+    return ""
+
+
+def fluent(text: str, finished: bool) -> bool:
+    """A reply that could pass for a written answer: it ends on its own within the cap, holds
+    Chinese text, and runs in no loop. A floor, not a grade: it says nothing of whether it is right."""
+    return finished and bool(re.search(r"[\u4e00-\u9fff]", text)) and not looping(text)
+
+
 def sft_fluency(model, tok, val_path: Path, max_new_tokens: int, batch_size: int, limit: int) -> dict:
     """Greedy answers to the first user turn of each validation conversation, against the reference.
     A reference longer than max_new_tokens is compared on its first max_new_tokens tokens."""
@@ -301,9 +322,12 @@ def sft_fluency(model, tok, val_path: Path, max_new_tokens: int, batch_size: int
         compared = tok.decode(ref_ids[:max_new_tokens]) if cut else reference
         similarity = difflib.SequenceMatcher(None, reply["text"].strip(), compared.strip(), autojunk=False).ratio()
         rows.append({"prompt": messages[-1]["content"], "reference": reference, "reply": reply["text"],
-                     "similarity": round(similarity, 4), "reference_cut": cut})
+                     "similarity": round(similarity, 4), "reference_cut": cut, "finished": reply["finished"],
+                     "loop": looping(reply["text"]), "fluent": fluent(reply["text"], reply["finished"])})
     n = len(rows)
     return {"data": str(val_path), "n": n, "max_new_tokens": max_new_tokens, "threshold": SIMILAR,
+            "fluent": sum(r["fluent"] for r in rows), "fluent_share": sum(r["fluent"] for r in rows) / n,
+            "looping": sum(bool(r["loop"]) for r in rows), "cut_off": sum(not r["finished"] for r in rows),
             "reproduced": sum(r["similarity"] >= SIMILAR for r in rows),
             "reproduced_share": sum(r["similarity"] >= SIMILAR for r in rows) / n,
             "mean_similarity": sum(r["similarity"] for r in rows) / n,
@@ -517,11 +541,13 @@ def render_markdown(r: dict) -> str:
                   f"({f['reproduced_share']:.0%}) reproduce the reference (character similarity ≥ {f['threshold']}), "
                   f"mean similarity {f['mean_similarity']:.2f}"
                   + (f"; {f['references_cut']} references longer than the cap were compared on their start" if
-                     f["references_cut"] else "") + ".", "",
-                  "| prompt | reference | SFT answer | similarity |", "|---|---|---|---|"]
+                     f["references_cut"] else "") + ". "
+                  f"**{f['fluent']} of {f['n']} ({f['fluent_share']:.0%}) read as sentences**: they end within the "
+                  f"cap, hold Chinese text and run in no loop ({f['looping']} loop, {f['cut_off']} cut off).", "",
+                  "| prompt | reference | SFT answer | similarity | sentence? |", "|---|---|---|---|---|"]
         for row in f["rows"][:5]:
             lines.append(f"| {_cell(row['prompt'], 40)} | {_cell(row['reference'], 80)} | {_cell(row['reply'], 80)} | "
-                         f"{row['similarity']:.2f} |")
+                         f"{row['similarity']:.2f} | {'yes' if row['fluent'] else 'loop' if row['loop'] else 'no'} |")
         lines.append("")
 
     c = r["ceval"]

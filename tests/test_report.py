@@ -231,6 +231,10 @@ def test_report_card_has_every_field_and_consistent_numbers(card, trained):
     assert f["reproduced"] == sum(row["similarity"] >= 0.9 for row in f["rows"])
     assert f["reproduced_share"] == f["reproduced"] / 5
     assert f["mean_similarity"] == pytest.approx(sum(row["similarity"] for row in f["rows"]) / 5)
+    assert f["fluent"] == sum(row["fluent"] for row in f["rows"]) and f["fluent_share"] == f["fluent"] / 5
+    assert f["cut_off"] == sum(not row["finished"] for row in f["rows"])
+    for row in f["rows"]:
+        assert row["fluent"] == report.fluent(row["reply"], row["finished"])
     assert f["bits_per_byte"] == next(b["bits_per_byte"] for b in r["bits_per_byte"]
                                       if (b["name"], b["stage"]) == ("SFT answers", "sft"))
 
@@ -347,3 +351,19 @@ def test_sampled_evaluation_counts_pass_at_k_per_problem(trained, tok, monkeypat
     other = eval_reasoning.evaluate(model, tok, problems, max_new_tokens=6, batch_size=8, samples=4,
                                     temperature=1.5, seed=4)
     assert [r["replies"] for r in other["results"]] != [r["replies"] for r in result["results"]]
+
+
+@pytest.mark.parametrize("text, loop", [
+    ("我没有联网,我没有联网,我没有联网,我没有联网。", "我没有联网,我没有联网,我没有联网,"),
+    ("可以加水，但在一定在一定在一定在一定的", "在一定在一定在一定在一定"),
+    ("我我我我我我我我我", "我我我我我我我我我"),
+    ("16" + "0" * 21, "0" * 21),
+    ("一共10000000元。", ""),                       # seven zeros: a number, not a loop
+    ("先断它的食物和水：厨余及时处理，食物密封。", ""),
+    ("5 × 3.5 = 17.5，需要17.5元。", ""),
+])
+def test_sft_fluency_names_the_loops_of_an_undertrained_model(text, loop):
+    assert report.looping(text) == loop
+    assert report.fluent(text, True) == (not loop)
+    assert not report.fluent(text, False)                  # cut off at the cap: not a sentence
+    assert not report.fluent("Hello, world.", True)        # no Chinese
