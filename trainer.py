@@ -135,6 +135,8 @@ def validate(cfg: TrainConfig):
     for name in positive:
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1 (got {getattr(cfg, name)}).")
+    if cfg.tokenize_workers < 0:
+        raise UserError(f"--tokenize_workers must be 0 (all cores) or more (got {cfg.tokenize_workers}).")
     if cfg.reasoning_problems < 0:
         raise UserError(f"--reasoning_problems must be 0 or more (got {cfg.reasoning_problems}).")
     if cfg.reasoning_problems and Config.STAGES[cfg.stage].data_kind != "sft":
@@ -495,9 +497,9 @@ class Trainer:
             if cfg.reasoning_problems:
                 data_path = self.curriculum_path(cache_root)
             self.train_data = make_dataset(data_path, kind, self.tok, cache_root, cfg.max_seq_len,
-                                           cfg.skip_bad_lines, quiet=not self.dist.main)
-            self.val_data = make_dataset(cfg.val_path, kind, self.tok, cache_root, cfg.max_seq_len,
-                                         cfg.skip_bad_lines, quiet=not self.dist.main) if cfg.val_path else None
+                                           cfg.skip_bad_lines, quiet=not self.dist.main, workers=cfg.tokenize_workers)
+            self.val_data = make_dataset(cfg.val_path, kind, self.tok, cache_root, cfg.max_seq_len, cfg.skip_bad_lines,
+                                         quiet=not self.dist.main, workers=cfg.tokenize_workers) if cfg.val_path else None
             if self.dist.enabled and self.dist.main:
                 torch.distributed.barrier()
         except DataError as e:
@@ -528,7 +530,7 @@ class Trainer:
         return gen_reasoning.write_curriculum(path, cfg.reasoning_problems, cfg.seed, base_path=cfg.data_path or None)
 
     def data_signature(self) -> dict:
-        return {"data": self.train_data.cache.meta["source"]["sample_sha256"]}
+        return {"data": self.train_data.cache.meta["source"]["sha256"]}
 
     def compile_wanted(self) -> bool:
         mode = self.cfg.compile
