@@ -472,6 +472,7 @@ class Trainer:
         # 6400-way logits then fuse, which is most of what compile gains at this model size.
         self.forward_loss = CompileOrEager(forward_loss, log.print) if self.compile_wanted() else forward_loss
 
+        self.open_steps_file()
         n_params = self.raw_model.num_parameters()
         tokens_per_step = cfg.batch_size * cfg.accumulation_steps * self.dist.world * cfg.max_seq_len
         log.print(f"{cfg.stage}: model {cfg.model} ({n_params / 1e6:.2f}M parameters), device {self.device}, "
@@ -566,6 +567,8 @@ class Trainer:
     def save_resume_state(self):
         if not self.dist.main:
             return
+        if self.steps_file is not None:
+            self.steps_file.flush()    # the steps log on disk reaches the checkpoint (open_steps_file)
         state = {
             "model": self.raw_model.state_dict(), "config": self.model_config.to_dict(),
             "tokenizer_hash": self.tok.hash, "stage": self.cfg.stage,
@@ -841,11 +844,29 @@ class Trainer:
             record["all_lines"] = lines.tolist()
         if math.isfinite(loss):
             self._loss_mean = loss if mean is None else 0.95 * mean + 0.05 * loss
-        if self.steps_file is None:
-            self.steps_file = open(Path(self.cfg.log_dir) / f"{Config.STAGES[self.cfg.stage].log_name}_steps.jsonl", "a")
         self.steps_file.write(json.dumps(record) + "\n")
         if step % self.cfg.log_step == 0:
             self.steps_file.flush()
+
+    def open_steps_file(self):
+        """log/<Stage>_steps.jsonl holds each step of this run once: a fresh run starts it anew, and
+        a resumed run drops the records past its checkpoint (steps run after the last save and
+        before a crash or kill, which it runs again) and any line a kill cut short."""
+        if not self.dist.main:
+            return
+        path = Path(self.cfg.log_dir) / f"{Config.STAGES[self.cfg.stage].log_name}_steps.jsonl"
+        kept = []
+        if self.resume and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= self.step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    pass
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        self.steps_file = open(path, "a", encoding="utf-8")
 
     def install_signal_handlers(self):
         def request_stop(signum, frame):
