@@ -577,11 +577,13 @@ class PretrainData:
         self.lengths[-1] = len(cache.tokens) - 1 - (self.num_samples - 1) * seq_len
         self.loss_tokens = self.lengths   # every real target token is trained on
 
-    def batch(self, indices) -> Batch:
+    def batch(self, indices, rows: int = 0, length_multiple: int = 1) -> Batch:
+        """Rows `indices`, each seq_len wide; with `rows`, zero-mask rows fill the batch to that
+        many (the last, partial batch of an epoch keeps the shape of the others)."""
         L, tokens = self.seq_len, self.cache.tokens
-        x = np.zeros((len(indices), L), dtype=np.int64)
-        y = np.zeros((len(indices), L), dtype=np.int64)
-        m = np.zeros((len(indices), L), dtype=np.float32)
+        x = np.zeros((max(rows, len(indices)), L), dtype=np.int64)
+        y = np.zeros_like(x)
+        m = np.zeros(x.shape, dtype=np.float32)
         first_records = []
         for r, i in enumerate(indices):
             chunk = np.asarray(tokens[i * L: i * L + L + 1], dtype=np.int64)
@@ -623,11 +625,16 @@ class ConversationData:
             counts[a:b] = cumulative[first + self.lengths[a:b]] - cumulative[first]
         return counts
 
-    def batch(self, indices) -> Batch:
+    def batch(self, indices, rows: int = 0, length_multiple: int = 1) -> Batch:
+        """Rows `indices`, as long as the longest of them; with `length_multiple`, that length
+        rounded up to a multiple of it (at most seq_len), and with `rows`, zero-mask rows fill
+        the batch to that many: a few stable shapes for torch.compile instead of one per batch.
+        Padding carries no loss, and under causal attention real tokens never see it."""
         T = int(self.lengths[indices].max())
-        x = np.zeros((len(indices), T), dtype=np.int64)
-        y = np.zeros((len(indices), T), dtype=np.int64)
-        m = np.zeros((len(indices), T), dtype=np.float32)
+        T = min(-(-T // length_multiple) * length_multiple, max(self.seq_len, T))
+        x = np.zeros((max(rows, len(indices)), T), dtype=np.int64)
+        y = np.zeros_like(x)
+        m = np.zeros(x.shape, dtype=np.float32)
         for r, i in enumerate(indices):
             a = self.cache.offsets[i]
             n = int(self.lengths[i])

@@ -369,10 +369,13 @@ class CompileOrEager:
 
     def __init__(self, fn, warn, **compile_kwargs):
         self.eager, self.compiled, self.warn, self.works = fn, torch.compile(fn, **compile_kwargs), warn, None
+        self.graphs = 0   # graphs torch.compile built for fn (each new shape it cannot reuse one for adds one)
 
     def __call__(self, *args):
         if self.works is False:
             return self.eager(*args)
+        from torch._dynamo.utils import counters
+        before = counters["stats"]["unique_graphs"]
         try:
             out = self.compiled(*args)
         except Exception as e:
@@ -382,6 +385,8 @@ class CompileOrEager:
                       f"running eagerly. Pass --compile off to skip the attempt.")
             self.works = False
             return self.eager(*args)
+        finally:
+            self.graphs += counters["stats"]["unique_graphs"] - before
         self.works = True
         return out
 

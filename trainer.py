@@ -69,6 +69,7 @@ from model import CompileOrEager, XiaoXin
 # Dense bf16 peak TFLOP/s (no sparsity), for MFU. Matched against torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "RTX 4090": 165.2, "L40S": 362.0,
                "A10": 125.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+LENGTH_BUCKET = 64   # compiled runs pad batch lengths up to a multiple of this: a few shapes, a few graphs
 CPU_COMPILE_MIN_TOKENS = 4_000_000   # --compile auto on CPU: below this, compile time outweighs its gain
 
 
@@ -471,6 +472,13 @@ class Trainer:
         # Model and loss compile as one graph: the fp32 upcast and cross-entropy over the
         # 6400-way logits then fuse, which is most of what compile gains at this model size.
         self.forward_loss = CompileOrEager(forward_loss, log.print) if self.compile_wanted() else forward_loss
+        # Under torch.compile every new batch shape is a new graph (tens of seconds each): compiled
+        # runs fill every batch to --batch_size rows (the last of an epoch too) and pad lengths to
+        # a multiple of LENGTH_BUCKET, and where lengths vary (conversations) the length is
+        # compiled as a symbol, so one graph serves all of them. Eager runs pad nothing: there
+        # padding would only cost time.
+        self.stable_shapes = isinstance(self.forward_loss, CompileOrEager)
+        self.dynamic_length = self.stable_shapes and getattr(self, "bucket", False)
 
         self.open_steps_file()
         n_params = self.raw_model.num_parameters()
@@ -647,11 +655,12 @@ class Trainer:
         plan = self.epoch_plan(epoch)
         chunk = plan[first:first + per_step]
         mine = [chunk[i] for i in range(self.dist.rank, len(chunk), self.dist.world)]
-        batches = [self.train_data.batch(idx) for idx in mine]
+        shape = {"rows": cfg.batch_size, "length_multiple": LENGTH_BUCKET} if self.stable_shapes else {}
+        batches = [self.train_data.batch(idx, **shape) for idx in mine]
         # A rank left without a micro-batch at the end of an epoch runs a zero-loss one so
         # every rank takes part in the same gradient all-reduce.
         if not batches:
-            empty = self.train_data.batch(plan[0])
+            empty = self.train_data.batch(plan[0], **shape)
             empty.loss_mask[:] = 0
             batches = [empty]
         count = int(sum(self.train_data.loss_tokens[idx].sum() for idx in chunk))
@@ -779,11 +788,14 @@ class Trainer:
                 self.save_resume_state()
                 log.print(f"stopped at step {self.step}; continue with python {Config.STAGES[cfg.stage].script} --resume")
                 raise KeyboardInterrupt
+        if isinstance(self.forward_loss, CompileOrEager) and self.forward_loss.works:
+            log.print(f"compiled {self.forward_loss.graphs} graphs")
         results = {"steps": self.step, "final_train_loss": self.log.history["loss"][-1] if self.log.history["loss"] else None,
                    "final_val_loss": None, **{f"final_{k}": v for k, v in last_val.items()},
                    "skipped_steps": bad_total, "wall_seconds": round(time.perf_counter() - t_start, 1),
                    # computed: every position of every batch (padding included, × ranks); loss: loss-mask tokens
-                   "tokens": dict(self.tokens_seen)}
+                   "tokens": dict(self.tokens_seen),
+                   "compiled_graphs": self.forward_loss.graphs if isinstance(self.forward_loss, CompileOrEager) else None}
         self.save_final(results)
         if self.dist.main and self.log.history["step"]:
             plot = Path(cfg.plot_dir or Path(cfg.save_dir) / "plots") / f"{cfg.stage}_loss.png"
@@ -804,6 +816,9 @@ class Trainer:
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
             with sync:
                 b = to_device(b, self.device)
+                if self.dynamic_length:
+                    for t in (b.input_ids, b.targets, b.loss_mask):
+                        torch._dynamo.mark_dynamic(t, 1)
                 with self.autocast():
                     row_sums, metrics = self.forward_loss(b)
                 loss_sum = row_sums.sum()

@@ -268,3 +268,28 @@ def test_same_size_edit_with_the_mtime_put_back_is_stale(tmp_path, tokenizer, mo
     assert os.path.getsize(path) == len(data) and os.stat(path).st_mtime_ns == st.st_mtime_ns
     edited = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True, workers=1)
     assert calls and not np.array_equal(np.asarray(edited.tokens), np.asarray(first.tokens))
+
+
+def test_padding_rows_and_lengths_change_no_loss(tmp_path, tokenizer):
+    """Stable shapes for torch.compile: rows of zero loss mask and lengths padded to a multiple of
+    64 leave each real row's loss as it was, and the padding rows' loss is exactly 0."""
+    import torch
+    from Config import model_config
+    from losses import cross_entropy, to_device
+    from model import XiaoXin
+    data = make_dataset(write_jsonl(tmp_path / "sft.jsonl", CONVS), "sft", tokenizer, tmp_path / "c", seq_len=512,
+                        quiet=True)
+    torch.manual_seed(0)
+    model = XiaoXin(model_config("tiny"))
+    plain, padded = data.batch([0, 2, 3]), data.batch([0, 2, 3], rows=5, length_multiple=64)
+    T = plain.input_ids.shape[1]
+    assert padded.input_ids.shape == (5, -(-T // 64) * 64) and T % 64
+    assert padded.num_loss_tokens == plain.num_loss_tokens and list(padded.lines) == list(plain.lines)
+    with torch.no_grad():
+        a = cross_entropy(model, to_device(plain, torch.device("cpu")))[0]
+        b = cross_entropy(model, to_device(padded, torch.device("cpu")))[0]
+    assert torch.allclose(a, b[:3], rtol=1e-6, atol=0) and torch.equal(b[3:], torch.zeros(2))
+    pre = make_dataset(write_jsonl(tmp_path / "pt.jsonl", [{"text": "第一篇很长的文章。" * 20}]), "pretrain", tokenizer,
+                       tmp_path / "c", seq_len=32, quiet=True)
+    last = pre.batch([pre.num_samples - 1], rows=4)            # the last, partial batch of an epoch
+    assert last.input_ids.shape == (4, 32) and last.loss_mask[1:].sum() == 0
