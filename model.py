@@ -363,6 +363,25 @@ class XiaoXin(nn.Module):
                 logits = self._decode(next_token.view(B, 1), pos, cache, None, key_mask)
 
 
+def training_flops_per_token(config: LLMConfig, seq_len: int) -> float:
+    """Training FLOPs per token, the count MFU divides by (trainer, scripts/bench.py and
+    scripts/gpu_check.py all use this one).
+
+    PaLM's definition (Chowdhery et al., arXiv:2204.02311, appendix B): 6N + 12·L·H·Q·T, where
+    N is the number of matmul parameters (2 FLOPs per parameter forward, 4 backward: Kaplan et al.,
+    arXiv:2001.08361, section 2.1), and 12·L·H·Q·T the attention scores and weighted values for
+    L layers, H query heads of size Q and sequence length T. N here counts every projection and
+    the output head (tied to the embedding, it is still a matmul) but not the embedding lookup.
+    As in PaLM, the causal mask is not halved out: a kernel that skips masked blocks does about
+    half of the 12·L·H·Q·T, so MFU reads the same as in papers that use this definition."""
+    h, L = config.hidden_size, config.num_hidden_layers
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size
+    n_matmul = L * per_layer + config.vocab_size * h
+    return 6 * n_matmul + 12 * L * q * seq_len
+
+
 class CompileOrEager:
     """torch.compile(fn, **kwargs), falling back to eager fn with a message to `warn` if
     compilation fails on the first call (no C++ compiler, an unsupported platform or backend)."""

@@ -60,15 +60,12 @@ import torch
 
 import Config
 from Config import LLMConfig, TrainConfig, model_config
-from checkpoint import (ROOT, UserError, load_checkpoint, open_tokenizer, previous_stage_checkpoint, resolve_device,
-                        save_atomic, stage_weights)
+from checkpoint import (ROOT, UserError, load_checkpoint, open_tokenizer, peak_flops, previous_stage_checkpoint,
+                        resolve_device, save_atomic, stage_weights)
 from dataset import DataError, epoch_batches, file_sha256, make_dataset, padding_fraction
 from losses import stage_loss, to_device
-from model import CompileOrEager, XiaoXin
+from model import CompileOrEager, XiaoXin, training_flops_per_token
 
-# Dense bf16 peak TFLOP/s (no sparsity), for MFU. Matched against torch.cuda.get_device_name().
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "RTX 4090": 165.2, "L40S": 362.0,
-               "A10": 125.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
 LENGTH_BUCKET = 64   # compiled runs pad batch lengths up to a multiple of this: a few shapes, a few graphs
 CPU_COMPILE_MIN_TOKENS = 4_000_000   # --compile auto on CPU: below this, compile time outweighs its gain
 
@@ -225,28 +222,6 @@ def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     floor = cfg.learning_rate * cfg.min_lr_ratio
     return floor + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - floor)
-
-
-def flops_per_token(config: LLMConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per matmul parameter (2 forward, 4 backward), plus attention
-    scores and values. PaLM counts those as 12 × layers × hidden × seq_len (arXiv:2204.02311,
-    appendix B); under the causal mask a query sees seq_len / 2 keys on average, and flash
-    kernels skip the masked blocks, so this counts half of that."""
-    h, L = config.hidden_size, config.num_hidden_layers
-    kv = config.num_key_value_heads * config.head_dim
-    per_layer = h * h * 2 + h * kv * 2 + 3 * h * config.intermediate_size
-    matmul = L * per_layer + config.vocab_size * h  # lm_head; the embedding lookup is not a matmul
-    return 6 * matmul + 6 * L * seq_len * h
-
-
-def peak_flops(device) -> tuple[float | None, str]:
-    if device.type != "cuda":
-        return None, "cpu"
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12, name
-    return None, name
 
 
 # ---------------------------------------------------------------- distributed
@@ -703,7 +678,7 @@ class Trainer:
         self.install_signal_handlers()
         self.model.train()
         peak, device_name = peak_flops(self.device)
-        flops_tok = flops_per_token(self.model_config, cfg.max_seq_len)
+        flops_tok = training_flops_per_token(self.model_config, cfg.max_seq_len)
         t_start, first_step = time.perf_counter(), self.step
         t_log, tokens_since_log, steps_since_log = t_start, 0, 0
         loss_accum, metric_accum = torch.zeros((), device=self.device), {}

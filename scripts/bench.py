@@ -7,7 +7,7 @@ shape, weights, data, dtype and machine, in one process. Prints a table and writ
 Sections:
   train   tokens/s of forward + backward + AdamW step, interleaved A B A B … (median of
           --pairs pairs): XiaoXin eager and as the trainer runs it, HF eager and compiled.
-          MFU on GPU (6 × matmul params + attention FLOPs per token; peak from a table), and
+          MFU on GPU (model.training_flops_per_token; peak from checkpoint.PEAK_BF16_TFLOPS), and
           on any device the share of the matmul rate measured on the model's own shapes.
   decode  batch-1 greedy decoding of --new_tokens after a --prompt_len prompt; checks that
           both produce identical tokens; reports the memory-bandwidth bound and the
@@ -37,7 +37,8 @@ from checkpoint import open_tokenizer, resolve_device  # noqa: E402
 from Config import model_config  # noqa: E402
 from model import XiaoXin  # noqa: E402
 from losses import masked_cross_entropy  # noqa: E402
-from trainer import flops_per_token, peak_flops  # noqa: E402
+from checkpoint import peak_flops  # noqa: E402
+from model import training_flops_per_token  # noqa: E402
 
 
 def hf_twin(model: XiaoXin):
@@ -138,7 +139,7 @@ def bench_train(args, device, results):
         for s in order:
             samples[s.name].append(s.timed(args.steps))
     peak, device_name = peak_flops(device)
-    fpt = flops_per_token(config, args.seq_len)
+    fpt = training_flops_per_token(config, args.seq_len)
     # What this device actually achieves on the model's own matmul shapes (forward GEMMs of
     # one batch, in the training dtype): a measured roof that also works where no datasheet
     # peak exists (CPUs). FLOPs of a pass: 2 × rows × matmul parameters.

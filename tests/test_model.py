@@ -327,3 +327,21 @@ def test_library_callers_sample_with_config_generation(tmp_path, monkeypatch):
     chat = Chat(tmp_path / "sft.pt", ROOT / "XiaoXin_tokenizer", "cpu", "float32")
     list(chat.stream_ids(chat.prompt_ids([{"role": "user", "content": "你好"}], 8), max_new_tokens=8))
     assert used and set(used) == expected
+
+
+def test_flop_count_matches_the_model_and_peaks_tell_h100_cards_apart(monkeypatch):
+    """One FLOP count (model.training_flops_per_token) for trainer, bench and gpu_check: 6 per
+    weight of every matmul the model runs, plus PaLM's 12·L·H·Q·T for attention."""
+    import checkpoint
+    from model import training_flops_per_token
+    for name in ("tiny", "default"):
+        cfg = model_config(name)
+        linear = sum(m.weight.numel() for m in XiaoXin(cfg).modules() if isinstance(m, torch.nn.Linear))
+        attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * 512
+        assert training_flops_per_token(cfg, 512) == 6 * linear + attention
+    cuda = torch.device("cuda", 0)
+    for card, tflops in [("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 80GB HBM3", 989.4),
+                         ("NVIDIA GeForce RTX 4090", 165.2), ("Some Future GPU", None)]:
+        monkeypatch.setattr(checkpoint.torch.cuda, "get_device_name", lambda device=None, card=card: card)
+        peak, name = checkpoint.peak_flops(cuda)
+        assert name == card and peak == (tflops * 1e12 if tflops else None)
