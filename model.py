@@ -95,6 +95,14 @@ class KVCache:
         self.v[layer][:, :, :v.shape[2]] = v
 
 
+def sdpa_takes_gqa(q) -> bool:
+    """Whether SDPA's fast kernel for q can share K/V heads itself (enable_gqa). On CUDA only the
+    flash kernel can, and it runs only in fp16/bf16: an fp32 run (--dtype float32) with enable_gqa
+    falls to the math kernel, which materialises the T × T scores, so there K/V are copied per query
+    head and the memory-efficient kernel runs instead. On CPU the flash kernel takes GQA in any dtype."""
+    return q.device.type != "cuda" or q.dtype in (torch.float16, torch.bfloat16)
+
+
 class Attention(nn.Module):
     def __init__(self, config: LLMConfig, layer_index: int):
         super().__init__()
@@ -121,6 +129,10 @@ class Attention(nn.Module):
         # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads;
         # enable_gqa lets the kernel share them instead of copying K/V once per query head.
         gqa = self.n_kv_heads != self.n_heads
+        if gqa and not sdpa_takes_gqa(q):
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            gqa = False
         if key_mask is None:
             # is_causal: no T × T mask is materialised.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)

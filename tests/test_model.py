@@ -345,3 +345,21 @@ def test_flop_count_matches_the_model_and_peaks_tell_h100_cards_apart(monkeypatc
         monkeypatch.setattr(checkpoint.torch.cuda, "get_device_name", lambda device=None, card=card: card)
         peak, name = checkpoint.peak_flops(cuda)
         assert name == card and peak == (tflops * 1e12 if tflops else None)
+
+
+def test_attention_with_copied_kv_heads_equals_enable_gqa(monkeypatch):
+    """fp32 on CUDA copies K/V per query head (the flash kernel, the one that takes enable_gqa,
+    has no fp32); forced here on CPU, that path must give what enable_gqa gives."""
+    import model as model_module
+    torch.manual_seed(0)
+    m = XiaoXin(model_config("tiny")).eval()
+    assert m.config.num_key_value_heads < m.config.num_attention_heads
+    x = torch.randint(3, m.config.vocab_size, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, :7] = False
+    with torch.no_grad():
+        shared = m(x).logits, m(x, key_mask=mask).logits
+        monkeypatch.setattr(model_module, "sdpa_takes_gqa", lambda q: False)
+        copied = m(x).logits, m(x, key_mask=mask).logits
+    for a, b in zip(shared, copied):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
