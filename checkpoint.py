@@ -81,6 +81,28 @@ def resolve_device(device_name: str, dtype_name: str, training: bool = True) -> 
     return device, getattr(torch, dtype)
 
 
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets, for MFU,
+# matched in this order against torch.cuda.get_device_name(): the H100 PCIe card runs at lower
+# clocks and power than the SXM module ("NVIDIA H100 80GB HBM3"), and NVL sits between them.
+# GeForce cards: the rate with fp32 accumulation, which is what autocast uses.
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
+                    ("H800 PCIe", 756.0), ("H800", 989.4), ("GH200", 989.4), ("A100", 312.0), ("A800", 312.0),
+                    ("L40S", 362.1), ("L40", 181.0), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0),
+                    ("RTX 4090", 165.2), ("RTX 4080", 97.5), ("RTX 3090", 71.0), ("RTX 5090", 209.5),
+                    ("A6000", 154.8), ("V100", 125.0), ("T4", 65.0)]   # V100/T4: fp16 (no bf16 units)
+
+
+def peak_flops(device) -> tuple[float | None, str]:
+    """(datasheet peak FLOP/s, device name) of a CUDA device; (None, name) where unknown or on CPU."""
+    if device.type != "cuda":
+        return None, "cpu"
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key in name:
+            return tflops * 1e12, name
+    return None, name
+
+
 def gpu_has_native_bf16() -> bool:
     """bf16 in hardware (Ampere and later). torch.cuda.is_bf16_supported() also says yes where bf16 is
     only emulated (T4, V100, 20-series), which is slower than fp16 with a GradScaler there."""

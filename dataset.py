@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 ROLES = ("system", "user", "assistant")
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 
@@ -56,8 +56,11 @@ class TokenizerInfo:
 
 
 def file_sha256(path) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        for piece in iter(lambda: f.read(8 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def load_tokenizer(directory) -> TokenizerInfo:
@@ -158,11 +161,18 @@ def check_conversation(record) -> list[dict]:
     return messages
 
 
-def iter_jsonl(path):
-    """Yield (line_number, record or exception, byte_length) for each non-blank line, counting from 1."""
+def iter_jsonl(path, start: int = 0, end: int | None = None):
+    """Yield (line_number, record or exception, byte_length) for each line, counting from 1;
+    record is None for a blank line. With start/end (byte offsets, start at the beginning of a
+    line), only the lines that begin in [start, end), numbered from 1 within that range."""
     with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
         for line_no, raw in enumerate(f, 1):
+            if end is not None and pos >= end:
+                return
             size = len(raw)
+            pos += size
             if not raw.strip():
                 yield line_no, None, size
                 continue
@@ -178,16 +188,54 @@ def iter_jsonl(path):
 
 # ---------------------------------------------------------------- token cache
 
-def source_fingerprint(path) -> dict:
+def content_digest(path, threads: int = 0, chunk: int = 64 << 20) -> str:
+    """sha256 of the sha256 of each 64 MiB chunk of the file. The chunks are hashed in parallel
+    threads (hashlib releases the GIL), so the whole of a 1.6 GB file costs about 1.6 CPU-seconds
+    and a fraction of that in wall time on a many-core machine."""
+    from concurrent.futures import ThreadPoolExecutor
+    size = os.path.getsize(path)
+
+    def one(a):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            f.seek(a)
+            left = min(chunk, size - a)
+            while left > 0:
+                piece = f.read(min(left, 8 << 20))
+                if not piece:
+                    break
+                h.update(piece)
+                left -= len(piece)
+        return h.digest()
+    with ThreadPoolExecutor(max(1, threads or os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(one, range(0, size, chunk)))
+    return hashlib.sha256(b"".join(digests) + str(size).encode()).hexdigest()
+
+
+def source_stat(path) -> dict:
     st = os.stat(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:  # head and tail: catches edits without reading a multi-GB file
-        h.update(f.read(1 << 20))
-        if st.st_size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-            h.update(f.read())
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "sample_sha256": h.hexdigest()}
+            "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def source_unchanged(recorded: dict, path) -> bool:
+    """Whether `path` still holds the bytes the cache was built from (recorded = meta["source"]).
+
+    Free when nothing touched the file: the kernel sets ctime on every write and on every
+    metadata change, and no tool can set it back (`cp -p`, `rsync -t` and `touch -d` restore
+    only the mtime; a copy also gets a new inode). So size, mtime, ctime and inode all equal
+    means no byte was written, with no read at all. When they differ but the size is the same
+    (a copy, a move, a `touch`, or a same-size edit with the mtime put back), the whole file is
+    hashed and compared with the hash taken at build time: ≈ 1 CPU-second per GB, paid only
+    then. Sampled blocks would be cheaper still but miss an edit between the samples (a fixed
+    typo), which is exactly the case to catch. On Windows st_ctime is the creation time, so
+    there the hash is always compared."""
+    now = source_stat(path)
+    if recorded.get("size") != now["size"]:
+        return False
+    if os.name != "nt" and all(recorded.get(k) == now[k] for k in ("mtime_ns", "ctime_ns", "inode")):
+        return True
+    return recorded.get("sha256") == content_digest(path)
 
 
 @dataclass
@@ -220,42 +268,45 @@ def _open_cache(directory: Path, meta: dict) -> TokenCache:
                       mask, meta)
 
 
-def build_token_cache(path, kind: str, tok: TokenizerInfo, cache_root, skip_bad_lines: bool = False,
-                      quiet: bool = False, batch_records: int = 1024) -> TokenCache:
-    """Tokenise `path` once into `cache_root`; later calls with the same source and tokenizer
-    reuse the cache without tokenising anything. Memory stays bounded by one batch of records."""
-    if kind not in ("pretrain", "sft"):
-        raise ValueError(f"unknown data kind {kind!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist.")
-    if path.stat().st_size == 0:
-        raise DataError(f"data file {path} is empty.")
-    directory = _cache_dir_for(path, kind, cache_root)
-    wanted = {"version": CACHE_VERSION, "kind": kind, "tokenizer_hash": tok.hash, "source": source_fingerprint(path)}
-    meta_file = directory / "meta.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        if all(meta.get(k) == v for k, v in wanted.items()):
-            return _open_cache(directory, meta)
-        if not quiet:
-            print(f"token cache {directory} is stale (source file or tokenizer changed); rebuilding.")
-    directory.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
-    check = check_pretrain if kind == "pretrain" else check_conversation
+def _current_cache(directory: Path, wanted: dict, path) -> TokenCache | None:
+    """The cache in `directory` if it was built from this source with this tokenizer, else None."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not all(meta.get(k) == v for k, v in wanted.items()) or not source_unchanged(meta.get("source", {}), path):
+        return None
+    stat = source_stat(path)
+    if any(meta["source"].get(k) != v for k, v in stat.items()):
+        # Same bytes, new stat (copied, moved, touched): record it, so the next start reads nothing.
+        meta["source"].update(stat)
+        _write_json_atomic(directory / "meta.json", meta)
+    return _open_cache(directory, meta)
 
-    from tqdm import tqdm
-    tmp = {name: directory / f"{name}.tmp" for name in ("tokens", "mask")}
-    offsets, lines, bad = [0], [], []
+
+def _write_json_atomic(path: Path, value: dict):
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def tokenise_range(path, start: int, end: int, kind: str, tokenizer, out_prefix, skip_bad_lines: bool,
+                   dtype, batch_records: int = 1024, progress=None) -> dict:
+    """Tokenise the records whose lines begin in bytes [start, end) of `path` into
+    <out_prefix>.tokens / .mask (raw arrays) and <out_prefix>.lengths.npy / .lines.npy (tokens per
+    record; line number within the range, from 1). Memory stays bounded by one batch of records.
+    Returns the number of lines in the range, its number of bad lines and the first one
+    ([line within the range, why]); once a bad line is found without skip_bad_lines, the rest
+    is only scanned, to count the others."""
+    check = check_pretrain if kind == "pretrain" else check_conversation
+    out_prefix = str(out_prefix)
+    lengths, lines, bad = [], [], []
     pending_lines, pending_texts, pending_spans = [], [], []
-    total = 0
-    with open(tmp["tokens"], "wb") as tok_out, open(tmp["mask"], "wb") as mask_out, \
-            tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"tokenising {path.name}",
-                 disable=quiet, mininterval=0.5) as bar:
+    n_lines = 0
+    with open(out_prefix + ".tokens", "wb") as tok_out, open(out_prefix + ".mask", "wb") as mask_out:
 
         def flush():
-            nonlocal total
-            encodings = tok.tokenizer.encode_batch(pending_texts, add_special_tokens=False)
+            encodings = tokenizer.encode_batch(pending_texts, add_special_tokens=False)
             for enc, spans in zip(encodings, pending_spans):
                 ids = np.asarray(enc.ids, dtype=dtype)
                 tok_out.write(ids.tobytes())
@@ -265,13 +316,14 @@ def build_token_cache(path, kind: str, tok: TokenizerInfo, cache_root, skip_bad_
                     for a, b in spans:
                         mask |= ((starts >= a) & (starts < b)).astype(np.uint8)
                     mask_out.write(mask.tobytes())
-                total += len(ids)
-                offsets.append(total)
+                lengths.append(len(ids))
             lines.extend(pending_lines)
             pending_lines.clear(); pending_texts.clear(); pending_spans.clear()
 
-        for line_no, record, size in iter_jsonl(path):
-            bar.update(size)
+        for line_no, record, size in iter_jsonl(path, start, end):
+            n_lines = line_no
+            if progress is not None:
+                progress(size)
             if record is None:
                 continue
             try:
@@ -292,28 +344,211 @@ def build_token_cache(path, kind: str, tok: TokenizerInfo, cache_root, skip_bad_
                 flush()
         if pending_texts and not (bad and not skip_bad_lines):
             flush()
-    if bad and not skip_bad_lines:
-        for f in tmp.values():
-            f.unlink(missing_ok=True)
-        line_no, why = bad[0]
-        others = f" ({len(bad) - 1} other bad lines)" if len(bad) > 1 else " (no other bad lines)"
-        raise DataError(f"{path} line {line_no}: {why}{others}; fix it or pass --skip_bad_lines to skip bad lines.")
-    if not lines:
-        raise DataError(f"data file {path} has no usable records.")
-    if bad and not quiet:
-        print(f"skipped {len(bad)} bad lines in {path} (first: line {bad[0][0]}: {bad[0][1]}).")
-    os.replace(tmp["tokens"], directory / "tokens.bin")
-    if kind == "sft":
-        os.replace(tmp["mask"], directory / "mask.bin")
-    else:
-        tmp["mask"].unlink(missing_ok=True)
-    np.save(directory / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-    np.save(directory / "lines.npy", np.asarray(lines, dtype=np.int64))
-    meta = dict(wanted, dtype=np.dtype(dtype).name, num_tokens=total, num_records=len(lines), skipped_lines=len(bad))
-    tmp_meta = directory / "meta.json.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, meta_file)  # meta last: a crash mid-build leaves no valid-looking cache
-    return _open_cache(directory, meta)
+    np.save(out_prefix + ".lengths.npy", np.asarray(lengths, dtype=np.int64))
+    np.save(out_prefix + ".lines.npy", np.asarray(lines, dtype=np.int64))
+    return {"lines": n_lines, "n_bad": len(bad), "first_bad": bad[0] if bad else None}
+
+
+def _range_worker_main():
+    """A worker process (see _tokenise_in_processes): one job per stdin line, one result per stdout line."""
+    import sys
+    from tokenizers import Tokenizer
+    tokenizers = {}
+    for line in sys.stdin:
+        job = json.loads(line)
+        if job["tokenizer_file"] not in tokenizers:
+            tokenizers[job["tokenizer_file"]] = Tokenizer.from_file(job["tokenizer_file"])
+        result = tokenise_range(job["path"], job["start"], job["end"], job["kind"], tokenizers[job["tokenizer_file"]],
+                                job["out_prefix"], job["skip_bad_lines"], np.dtype(job["dtype"]))
+        print(json.dumps(result), flush=True)
+
+
+def line_aligned_ranges(path, pieces: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges of about equal size, each starting at the beginning of a line."""
+    size = os.path.getsize(path)
+    bounds = [0]
+    with open(path, "rb") as f:
+        for i in range(1, pieces):
+            f.seek(max(size * i // pieces - 1, 0))
+            f.readline()               # to the start of the first line at or after the cut
+            if bounds[-1] < f.tell() < size:
+                bounds.append(f.tell())
+    bounds.append(size)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _tokenise_in_processes(path, ranges, kind, tok, tmp: Path, skip_bad_lines, dtype, workers, bar) -> list[dict]:
+    """The ranges tokenised by `workers` worker processes, each taking the next range as it
+    finishes one. Plain `python -c` processes rather than a multiprocessing pool: a pool's children
+    re-import the parent's main script (a stage script imports torch); these import only this
+    file, numpy and tokenizers."""
+    import queue
+    import subprocess
+    import sys
+    import threading
+    tokenizer_file = tmp / "tokenizer.json"     # the parent's tokenizer exactly, whatever its origin
+    tokenizer_file.write_text(tok.tokenizer.to_str(), encoding="utf-8")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false",   # one thread each: the processes are the parallelism
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]))
+    jobs = queue.Queue()
+    for i, (a, b) in enumerate(ranges):
+        jobs.put((i, {"path": str(path), "start": a, "end": b, "kind": kind, "tokenizer_file": str(tokenizer_file),
+                      "out_prefix": str(tmp / f"shard{i:05d}"), "skip_bad_lines": skip_bad_lines,
+                      "dtype": np.dtype(dtype).name}))
+    results, failures, lock = [None] * len(ranges), [], threading.Lock()
+    procs = [subprocess.Popen([sys.executable, "-c", "import dataset; dataset._range_worker_main()"], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(min(workers, len(ranges)))]
+
+    def feed(proc):
+        while not failures:
+            try:
+                i, job = jobs.get_nowait()
+            except queue.Empty:
+                return
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            if not line:
+                failures.append(proc.stderr.read().strip().splitlines() or ["no message"])
+                return
+            results[i] = json.loads(line)
+            with lock:
+                bar.update(job["end"] - job["start"])
+    threads = [threading.Thread(target=feed, args=(p,), daemon=True) for p in procs]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    if failures:
+        raise RuntimeError(f"a tokeniser process failed on {path}: {failures[0][-1]}")
+    return results
+
+
+def _install_cache(tmp: Path, directory: Path, wanted: dict, path) -> TokenCache:
+    """Move a finished build (tmp) into place. Several processes may build the same cache at once
+    (two stages started together, ranks on nodes sharing a filesystem): each builds in its own
+    temporary directory and renames it into place, an atomic step; when a current cache is
+    already there, the first complete build wins and the others discard theirs."""
+    import shutil
+    while True:
+        try:
+            os.rename(tmp, directory)   # fails while `directory` exists and is not empty
+            return _open_cache(directory, json.loads((directory / "meta.json").read_text()))
+        except OSError:
+            if not directory.exists():
+                raise
+        current = _current_cache(directory, wanted, path)
+        if current is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return current
+        aside = directory.with_name(f".{directory.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.rename(directory, aside)   # a stale cache: out of the way (open memmaps stay valid)
+        except FileNotFoundError:
+            continue                       # another builder moved it first
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_abandoned_builds(directory: Path):
+    """Temporary build directories of processes on this machine that no longer run (killed mid-build)."""
+    import shutil
+    import socket
+    host = socket.gethostname()
+    for tmp in directory.parent.glob(f".{directory.name}.tmp-{host}-*"):
+        pid = tmp.name.rsplit("-", 2)[-2]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, OSError):
+            pass
+
+
+def build_token_cache(path, kind: str, tok: TokenizerInfo, cache_root, skip_bad_lines: bool = False,
+                      quiet: bool = False, workers: int = 0, min_range_bytes: int = 8 << 20) -> TokenCache:
+    """Tokenise `path` once into `cache_root`; later calls with the same source and tokenizer
+    reuse the cache without tokenising anything (see source_unchanged for how a change is seen).
+
+    With `workers` > 1 (0 = all cores) a file of at least 2 × `min_range_bytes` is cut into
+    line-aligned byte ranges (4 per worker, so a slow range does not leave cores idle), tokenised
+    by that many processes at once and merged in order: the cache is byte-identical to the
+    one-process build (tested), bad lines are reported by their line in the whole file, and each
+    process holds one batch of records at a time."""
+    if kind not in ("pretrain", "sft"):
+        raise ValueError(f"unknown data kind {kind!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty.")
+    directory = _cache_dir_for(path, kind, cache_root)
+    wanted = {"version": CACHE_VERSION, "kind": kind, "tokenizer_hash": tok.hash}
+    cached = _current_cache(directory, wanted, path)
+    if cached is not None:
+        return cached
+    if (directory / "meta.json").is_file() and not quiet:
+        print(f"token cache {directory} is stale (source file or tokenizer changed); rebuilding.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(directory)
+    import shutil
+    import socket
+    from tqdm import tqdm
+    # The source's identity is taken before reading it, so an edit during the build shows as stale later.
+    source = dict(source_stat(path), sha256=content_digest(path))
+    dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
+    workers = workers or os.cpu_count() or 1
+    size = path.stat().st_size
+    ranges = line_aligned_ranges(path, min(4 * workers, size // max(min_range_bytes, 1))) if workers > 1 else [(0, size)]
+    tmp = directory.with_name(f".{directory.name}.tmp-{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}")
+    tmp.mkdir()
+    try:
+        with tqdm(total=size, unit="B", unit_scale=True, desc=f"tokenising {path.name}", disable=quiet,
+                  mininterval=0.5) as bar:
+            if len(ranges) == 1:
+                results = [tokenise_range(path, 0, size, kind, tok.tokenizer, tmp / "shard00000", skip_bad_lines,
+                                          dtype, progress=bar.update)]
+            else:
+                bar.set_description(f"tokenising {path.name} ({min(workers, len(ranges))} processes)")
+                results = _tokenise_in_processes(path, ranges, kind, tok, tmp, skip_bad_lines, dtype, workers, bar)
+        # Line numbers in the whole file: each range's own, plus the lines of the ranges before it.
+        line_base = np.cumsum([0] + [r["lines"] for r in results[:-1]])
+        n_bad = sum(r["n_bad"] for r in results)
+        first_bad = next(((int(base) + r["first_bad"][0], r["first_bad"][1])
+                          for r, base in zip(results, line_base) if r["first_bad"]), None)
+        if n_bad and not skip_bad_lines:
+            line_no, why = first_bad
+            others = f" ({n_bad - 1} other bad lines)" if n_bad > 1 else " (no other bad lines)"
+            raise DataError(f"{path} line {line_no}: {why}{others}; fix it or pass --skip_bad_lines to skip bad lines.")
+        shards = [tmp / f"shard{i:05d}" for i in range(len(results))]
+        lengths = np.concatenate([np.load(f"{s}.lengths.npy") for s in shards])
+        lines = np.concatenate([np.load(f"{s}.lines.npy") + base for s, base in zip(shards, line_base)])
+        if not len(lines):
+            raise DataError(f"data file {path} has no usable records.")
+        if n_bad and not quiet:
+            print(f"skipped {n_bad} bad lines in {path} (first: line {first_bad[0]}: {first_bad[1]}).")
+        for name in ("tokens", "mask") if kind == "sft" else ("tokens",):
+            with open(tmp / f"{name}.bin", "wb") as out:
+                for s in shards:
+                    with open(f"{s}.{name}", "rb") as part:
+                        shutil.copyfileobj(part, out, 16 << 20)
+        for s in tmp.glob("shard*"):
+            s.unlink()
+        (tmp / "tokenizer.json").unlink(missing_ok=True)
+        np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        np.save(tmp / "lines.npy", lines.astype(np.int64))
+        meta = dict(wanted, source=source, dtype=np.dtype(dtype).name, num_tokens=int(lengths.sum()),
+                    num_records=len(lines), skipped_lines=n_bad)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _install_cache(tmp, directory, wanted, path)
 
 
 # ---------------------------------------------------------------- batches
@@ -342,11 +577,13 @@ class PretrainData:
         self.lengths[-1] = len(cache.tokens) - 1 - (self.num_samples - 1) * seq_len
         self.loss_tokens = self.lengths   # every real target token is trained on
 
-    def batch(self, indices) -> Batch:
+    def batch(self, indices, rows: int = 0, length_multiple: int = 1) -> Batch:
+        """Rows `indices`, each seq_len wide; with `rows`, zero-mask rows fill the batch to that
+        many (the last, partial batch of an epoch keeps the shape of the others)."""
         L, tokens = self.seq_len, self.cache.tokens
-        x = np.zeros((len(indices), L), dtype=np.int64)
-        y = np.zeros((len(indices), L), dtype=np.int64)
-        m = np.zeros((len(indices), L), dtype=np.float32)
+        x = np.zeros((max(rows, len(indices)), L), dtype=np.int64)
+        y = np.zeros_like(x)
+        m = np.zeros(x.shape, dtype=np.float32)
         first_records = []
         for r, i in enumerate(indices):
             chunk = np.asarray(tokens[i * L: i * L + L + 1], dtype=np.int64)
@@ -388,11 +625,16 @@ class ConversationData:
             counts[a:b] = cumulative[first + self.lengths[a:b]] - cumulative[first]
         return counts
 
-    def batch(self, indices) -> Batch:
+    def batch(self, indices, rows: int = 0, length_multiple: int = 1) -> Batch:
+        """Rows `indices`, as long as the longest of them; with `length_multiple`, that length
+        rounded up to a multiple of it (at most seq_len), and with `rows`, zero-mask rows fill
+        the batch to that many: a few stable shapes for torch.compile instead of one per batch.
+        Padding carries no loss, and under causal attention real tokens never see it."""
         T = int(self.lengths[indices].max())
-        x = np.zeros((len(indices), T), dtype=np.int64)
-        y = np.zeros((len(indices), T), dtype=np.int64)
-        m = np.zeros((len(indices), T), dtype=np.float32)
+        T = min(-(-T // length_multiple) * length_multiple, max(self.seq_len, T))
+        x = np.zeros((max(rows, len(indices)), T), dtype=np.int64)
+        y = np.zeros_like(x)
+        m = np.zeros(x.shape, dtype=np.float32)
         for r, i in enumerate(indices):
             a = self.cache.offsets[i]
             n = int(self.lengths[i])
@@ -429,8 +671,9 @@ def padding_fraction(data, batches) -> float:
     return 1.0 - useful / max(computed, 1)
 
 
-def make_dataset(path, kind: str, tok: TokenizerInfo, cache_root, seq_len: int, skip_bad_lines=False, quiet=False):
-    cache = build_token_cache(path, kind, tok, cache_root, skip_bad_lines=skip_bad_lines, quiet=quiet)
+def make_dataset(path, kind: str, tok: TokenizerInfo, cache_root, seq_len: int, skip_bad_lines=False, quiet=False,
+                 workers: int = 0):
+    cache = build_token_cache(path, kind, tok, cache_root, skip_bad_lines=skip_bad_lines, quiet=quiet, workers=workers)
     if kind == "pretrain":
         return PretrainData(cache, seq_len)
     return ConversationData(cache, seq_len, source=str(path))

@@ -95,6 +95,14 @@ class KVCache:
         self.v[layer][:, :, :v.shape[2]] = v
 
 
+def sdpa_takes_gqa(q) -> bool:
+    """Whether SDPA's fast kernel for q can share K/V heads itself (enable_gqa). On CUDA only the
+    flash kernel can, and it runs only in fp16/bf16: an fp32 run (--dtype float32) with enable_gqa
+    falls to the math kernel, which materialises the T × T scores, so there K/V are copied per query
+    head and the memory-efficient kernel runs instead. On CPU the flash kernel takes GQA in any dtype."""
+    return q.device.type != "cuda" or q.dtype in (torch.float16, torch.bfloat16)
+
+
 class Attention(nn.Module):
     def __init__(self, config: LLMConfig, layer_index: int):
         super().__init__()
@@ -121,6 +129,10 @@ class Attention(nn.Module):
         # Grouped-query attention (arXiv:2305.13245): each K/V head serves a group of query heads;
         # enable_gqa lets the kernel share them instead of copying K/V once per query head.
         gqa = self.n_kv_heads != self.n_heads
+        if gqa and not sdpa_takes_gqa(q):
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            gqa = False
         if key_mask is None:
             # is_causal: no T × T mask is materialised.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -363,16 +375,38 @@ class XiaoXin(nn.Module):
                 logits = self._decode(next_token.view(B, 1), pos, cache, None, key_mask)
 
 
+def training_flops_per_token(config: LLMConfig, seq_len: int) -> float:
+    """Training FLOPs per token, the count MFU divides by (trainer, scripts/bench.py and
+    scripts/gpu_check.py all use this one).
+
+    PaLM's definition (Chowdhery et al., arXiv:2204.02311, appendix B): 6N + 12·L·H·Q·T, where
+    N is the number of matmul parameters (2 FLOPs per parameter forward, 4 backward: Kaplan et al.,
+    arXiv:2001.08361, section 2.1), and 12·L·H·Q·T the attention scores and weighted values for
+    L layers, H query heads of size Q and sequence length T. N here counts every projection and
+    the output head (tied to the embedding, it is still a matmul) but not the embedding lookup.
+    As in PaLM, the causal mask is not halved out: a kernel that skips masked blocks does about
+    half of the 12·L·H·Q·T, so MFU reads the same as in papers that use this definition."""
+    h, L = config.hidden_size, config.num_hidden_layers
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size
+    n_matmul = L * per_layer + config.vocab_size * h
+    return 6 * n_matmul + 12 * L * q * seq_len
+
+
 class CompileOrEager:
     """torch.compile(fn, **kwargs), falling back to eager fn with a message to `warn` if
     compilation fails on the first call (no C++ compiler, an unsupported platform or backend)."""
 
     def __init__(self, fn, warn, **compile_kwargs):
         self.eager, self.compiled, self.warn, self.works = fn, torch.compile(fn, **compile_kwargs), warn, None
+        self.graphs = 0   # graphs torch.compile built for fn (each new shape it cannot reuse one for adds one)
 
     def __call__(self, *args):
         if self.works is False:
             return self.eager(*args)
+        from torch._dynamo.utils import counters
+        before = counters["stats"]["unique_graphs"]
         try:
             out = self.compiled(*args)
         except Exception as e:
@@ -382,6 +416,8 @@ class CompileOrEager:
                       f"running eagerly. Pass --compile off to skip the attempt.")
             self.works = False
             return self.eager(*args)
+        finally:
+            self.graphs += counters["stats"]["unique_graphs"] - before
         self.works = True
         return out
 

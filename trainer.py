@@ -60,15 +60,13 @@ import torch
 
 import Config
 from Config import LLMConfig, TrainConfig, model_config
-from checkpoint import (ROOT, UserError, load_checkpoint, open_tokenizer, previous_stage_checkpoint, resolve_device,
-                        save_atomic, stage_weights)
+from checkpoint import (ROOT, UserError, load_checkpoint, open_tokenizer, peak_flops, previous_stage_checkpoint,
+                        resolve_device, save_atomic, stage_weights)
 from dataset import DataError, epoch_batches, file_sha256, make_dataset, padding_fraction
 from losses import stage_loss, to_device
-from model import CompileOrEager, XiaoXin
+from model import CompileOrEager, XiaoXin, training_flops_per_token
 
-# Dense bf16 peak TFLOP/s (no sparsity), for MFU. Matched against torch.cuda.get_device_name().
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "RTX 4090": 165.2, "L40S": 362.0,
-               "A10": 125.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+LENGTH_BUCKET = 64   # compiled runs pad batch lengths up to a multiple of this: a few shapes, a few graphs
 CPU_COMPILE_MIN_TOKENS = 4_000_000   # --compile auto on CPU: below this, compile time outweighs its gain
 
 
@@ -135,6 +133,8 @@ def validate(cfg: TrainConfig):
     for name in positive:
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1 (got {getattr(cfg, name)}).")
+    if cfg.tokenize_workers < 0:
+        raise UserError(f"--tokenize_workers must be 0 (all cores) or more (got {cfg.tokenize_workers}).")
     if cfg.reasoning_problems < 0:
         raise UserError(f"--reasoning_problems must be 0 or more (got {cfg.reasoning_problems}).")
     if cfg.reasoning_problems and Config.STAGES[cfg.stage].data_kind != "sft":
@@ -222,28 +222,6 @@ def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     floor = cfg.learning_rate * cfg.min_lr_ratio
     return floor + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - floor)
-
-
-def flops_per_token(config: LLMConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per matmul parameter (2 forward, 4 backward), plus attention
-    scores and values. PaLM counts those as 12 × layers × hidden × seq_len (arXiv:2204.02311,
-    appendix B); under the causal mask a query sees seq_len / 2 keys on average, and flash
-    kernels skip the masked blocks, so this counts half of that."""
-    h, L = config.hidden_size, config.num_hidden_layers
-    kv = config.num_key_value_heads * config.head_dim
-    per_layer = h * h * 2 + h * kv * 2 + 3 * h * config.intermediate_size
-    matmul = L * per_layer + config.vocab_size * h  # lm_head; the embedding lookup is not a matmul
-    return 6 * matmul + 6 * L * seq_len * h
-
-
-def peak_flops(device) -> tuple[float | None, str]:
-    if device.type != "cuda":
-        return None, "cpu"
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12, name
-    return None, name
 
 
 # ---------------------------------------------------------------- distributed
@@ -469,7 +447,15 @@ class Trainer:
         # Model and loss compile as one graph: the fp32 upcast and cross-entropy over the
         # 6400-way logits then fuse, which is most of what compile gains at this model size.
         self.forward_loss = CompileOrEager(forward_loss, log.print) if self.compile_wanted() else forward_loss
+        # Under torch.compile every new batch shape is a new graph (tens of seconds each): compiled
+        # runs fill every batch to --batch_size rows (the last of an epoch too) and pad lengths to
+        # a multiple of LENGTH_BUCKET, and where lengths vary (conversations) the length is
+        # compiled as a symbol, so one graph serves all of them. Eager runs pad nothing: there
+        # padding would only cost time.
+        self.stable_shapes = isinstance(self.forward_loss, CompileOrEager)
+        self.dynamic_length = self.stable_shapes and getattr(self, "bucket", False)
 
+        self.open_steps_file()
         n_params = self.raw_model.num_parameters()
         tokens_per_step = cfg.batch_size * cfg.accumulation_steps * self.dist.world * cfg.max_seq_len
         log.print(f"{cfg.stage}: model {cfg.model} ({n_params / 1e6:.2f}M parameters), device {self.device}, "
@@ -495,9 +481,9 @@ class Trainer:
             if cfg.reasoning_problems:
                 data_path = self.curriculum_path(cache_root)
             self.train_data = make_dataset(data_path, kind, self.tok, cache_root, cfg.max_seq_len,
-                                           cfg.skip_bad_lines, quiet=not self.dist.main)
-            self.val_data = make_dataset(cfg.val_path, kind, self.tok, cache_root, cfg.max_seq_len,
-                                         cfg.skip_bad_lines, quiet=not self.dist.main) if cfg.val_path else None
+                                           cfg.skip_bad_lines, quiet=not self.dist.main, workers=cfg.tokenize_workers)
+            self.val_data = make_dataset(cfg.val_path, kind, self.tok, cache_root, cfg.max_seq_len, cfg.skip_bad_lines,
+                                         quiet=not self.dist.main, workers=cfg.tokenize_workers) if cfg.val_path else None
             if self.dist.enabled and self.dist.main:
                 torch.distributed.barrier()
         except DataError as e:
@@ -528,7 +514,7 @@ class Trainer:
         return gen_reasoning.write_curriculum(path, cfg.reasoning_problems, cfg.seed, base_path=cfg.data_path or None)
 
     def data_signature(self) -> dict:
-        return {"data": self.train_data.cache.meta["source"]["sample_sha256"]}
+        return {"data": self.train_data.cache.meta["source"]["sha256"]}
 
     def compile_wanted(self) -> bool:
         mode = self.cfg.compile
@@ -564,6 +550,8 @@ class Trainer:
     def save_resume_state(self):
         if not self.dist.main:
             return
+        if self.steps_file is not None:
+            self.steps_file.flush()    # the steps log on disk reaches the checkpoint (open_steps_file)
         state = {
             "model": self.raw_model.state_dict(), "config": self.model_config.to_dict(),
             "tokenizer_hash": self.tok.hash, "stage": self.cfg.stage,
@@ -642,11 +630,12 @@ class Trainer:
         plan = self.epoch_plan(epoch)
         chunk = plan[first:first + per_step]
         mine = [chunk[i] for i in range(self.dist.rank, len(chunk), self.dist.world)]
-        batches = [self.train_data.batch(idx) for idx in mine]
+        shape = {"rows": cfg.batch_size, "length_multiple": LENGTH_BUCKET} if self.stable_shapes else {}
+        batches = [self.train_data.batch(idx, **shape) for idx in mine]
         # A rank left without a micro-batch at the end of an epoch runs a zero-loss one so
         # every rank takes part in the same gradient all-reduce.
         if not batches:
-            empty = self.train_data.batch(plan[0])
+            empty = self.train_data.batch(plan[0], **shape)
             empty.loss_mask[:] = 0
             batches = [empty]
         count = int(sum(self.train_data.loss_tokens[idx].sum() for idx in chunk))
@@ -689,7 +678,7 @@ class Trainer:
         self.install_signal_handlers()
         self.model.train()
         peak, device_name = peak_flops(self.device)
-        flops_tok = flops_per_token(self.model_config, cfg.max_seq_len)
+        flops_tok = training_flops_per_token(self.model_config, cfg.max_seq_len)
         t_start, first_step = time.perf_counter(), self.step
         t_log, tokens_since_log, steps_since_log = t_start, 0, 0
         loss_accum, metric_accum = torch.zeros((), device=self.device), {}
@@ -774,11 +763,14 @@ class Trainer:
                 self.save_resume_state()
                 log.print(f"stopped at step {self.step}; continue with python {Config.STAGES[cfg.stage].script} --resume")
                 raise KeyboardInterrupt
+        if isinstance(self.forward_loss, CompileOrEager) and self.forward_loss.works:
+            log.print(f"compiled {self.forward_loss.graphs} graphs")
         results = {"steps": self.step, "final_train_loss": self.log.history["loss"][-1] if self.log.history["loss"] else None,
                    "final_val_loss": None, **{f"final_{k}": v for k, v in last_val.items()},
                    "skipped_steps": bad_total, "wall_seconds": round(time.perf_counter() - t_start, 1),
                    # computed: every position of every batch (padding included, × ranks); loss: loss-mask tokens
-                   "tokens": dict(self.tokens_seen)}
+                   "tokens": dict(self.tokens_seen),
+                   "compiled_graphs": self.forward_loss.graphs if isinstance(self.forward_loss, CompileOrEager) else None}
         self.save_final(results)
         if self.dist.main and self.log.history["step"]:
             plot = Path(cfg.plot_dir or Path(cfg.save_dir) / "plots") / f"{cfg.stage}_loss.png"
@@ -799,6 +791,9 @@ class Trainer:
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
             with sync:
                 b = to_device(b, self.device)
+                if self.dynamic_length:
+                    for t in (b.input_ids, b.targets, b.loss_mask):
+                        torch._dynamo.mark_dynamic(t, 1)
                 with self.autocast():
                     row_sums, metrics = self.forward_loss(b)
                 loss_sum = row_sums.sum()
@@ -839,11 +834,29 @@ class Trainer:
             record["all_lines"] = lines.tolist()
         if math.isfinite(loss):
             self._loss_mean = loss if mean is None else 0.95 * mean + 0.05 * loss
-        if self.steps_file is None:
-            self.steps_file = open(Path(self.cfg.log_dir) / f"{Config.STAGES[self.cfg.stage].log_name}_steps.jsonl", "a")
         self.steps_file.write(json.dumps(record) + "\n")
         if step % self.cfg.log_step == 0:
             self.steps_file.flush()
+
+    def open_steps_file(self):
+        """log/<Stage>_steps.jsonl holds each step of this run once: a fresh run starts it anew, and
+        a resumed run drops the records past its checkpoint (steps run after the last save and
+        before a crash or kill, which it runs again) and any line a kill cut short."""
+        if not self.dist.main:
+            return
+        path = Path(self.cfg.log_dir) / f"{Config.STAGES[self.cfg.stage].log_name}_steps.jsonl"
+        kept = []
+        if self.resume and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= self.step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    pass
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        self.steps_file = open(path, "a", encoding="utf-8")
 
     def install_signal_handlers(self):
         def request_stop(signum, frame):

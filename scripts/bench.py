@@ -7,7 +7,7 @@ shape, weights, data, dtype and machine, in one process. Prints a table and writ
 Sections:
   train   tokens/s of forward + backward + AdamW step, interleaved A B A B … (median of
           --pairs pairs): XiaoXin eager and as the trainer runs it, HF eager and compiled.
-          MFU on GPU (6 × matmul params + attention FLOPs per token; peak from a table), and
+          MFU on GPU (model.training_flops_per_token; peak from checkpoint.PEAK_BF16_TFLOPS), and
           on any device the share of the matmul rate measured on the model's own shapes.
   decode  batch-1 greedy decoding of --new_tokens after a --prompt_len prompt; checks that
           both produce identical tokens; reports the memory-bandwidth bound and the
@@ -15,6 +15,10 @@ Sections:
   data    padding share of length-bucketed SFT batches vs pad-to-max-length, and token
           cache build speed (first build vs reuse).
   e2e     the real pretrain.py loop (data loading included) vs the model-only number.
+  cache   token-cache build time with 1 and with N worker processes (--tokenize_workers, default
+          1 2) on a synthetic pretrain file of --cache_mb MB (demo prose shuffled into ≈ 2.5 kB
+          documents, like pretrain_hq's), alternated, best of --cache_repeats; checks the caches
+          are identical.
 """
 import argparse
 import json
@@ -37,7 +41,8 @@ from checkpoint import open_tokenizer, resolve_device  # noqa: E402
 from Config import model_config  # noqa: E402
 from model import XiaoXin  # noqa: E402
 from losses import masked_cross_entropy  # noqa: E402
-from trainer import flops_per_token, peak_flops  # noqa: E402
+from checkpoint import peak_flops  # noqa: E402
+from model import training_flops_per_token  # noqa: E402
 
 
 def hf_twin(model: XiaoXin):
@@ -138,7 +143,7 @@ def bench_train(args, device, results):
         for s in order:
             samples[s.name].append(s.timed(args.steps))
     peak, device_name = peak_flops(device)
-    fpt = flops_per_token(config, args.seq_len)
+    fpt = training_flops_per_token(config, args.seq_len)
     # What this device actually achieves on the model's own matmul shapes (forward GEMMs of
     # one batch, in the training dtype): a measured roof that also works where no datasheet
     # peak exists (CPUs). FLOPs of a pass: 2 × rows × matmul parameters.
@@ -263,6 +268,40 @@ def bench_data(args, results):
     results["data"] = out
 
 
+def bench_cache(args, results):
+    import random
+    import resource
+    from dataset import build_token_cache
+    tok = open_tokenizer("XiaoXin_tokenizer")
+    texts = [json.loads(line)["text"] for line in (ROOT / "data/demo/pretrain.jsonl").read_text(encoding="utf-8").splitlines()]
+    rng = random.Random(0)
+    out = {"workers": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "synthetic.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            while f.tell() < args.cache_mb * 1e6:
+                f.write(json.dumps({"text": "".join(rng.sample(texts, 6))}, ensure_ascii=False) + "\n")
+        times = {w: [] for w in args.tokenize_workers}
+        caches = {}
+        for r in range(args.cache_repeats):
+            for w in (args.tokenize_workers if r % 2 == 0 else args.tokenize_workers[::-1]):
+                before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+                t = time.perf_counter()
+                cache = build_token_cache(path, "pretrain", tok, Path(tmp) / f"c{w}-{r}", quiet=True, workers=w)
+                times[w].append(time.perf_counter() - t)
+                after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
+                caches[w] = (cache.directory / "tokens.bin").read_bytes()
+                out["workers"].setdefault(str(w), {"cpu_s": []})["cpu_s"].append(cpu)
+        base = min(times[args.tokenize_workers[0]])
+        for w in args.tokenize_workers:
+            out["workers"][str(w)].update({"build_s": min(times[w]), "all_s": times[w],
+                                           "speedup": base / min(times[w])})
+        out.update({"bytes": path.stat().st_size, "tokens": int(cache.meta["num_tokens"]), "cpu_count": os.cpu_count(),
+                    "identical": len(set(caches.values())) == 1})
+    results["cache"] = out
+
+
 def bench_e2e(args, device, results):
     """The real trainer on the demo pretraining data at the benchmark's batch shape."""
     import trainer
@@ -333,6 +372,13 @@ def print_table(results):
                 print(f"  {name}: padding {r['bucketed_padding']:.1%} bucketed ({r['conversations']} conversations, "
                       f"batch {r['batch_size']}), {r['bucketed_padding_at_100k']:.1%} at 100k conversations of the "
                       f"same lengths, vs {r['pad_to_max_padding']:.1%} pad-to-max")
+    if "cache" in results:
+        c = results["cache"]
+        print(f"\ntoken cache build: {c['bytes'] / 1e6:.0f} MB synthetic pretrain file, {c['tokens']:,} tokens, "
+              f"{c['cpu_count']} CPUs; caches identical: {c['identical']}")
+        for w, r in c["workers"].items():
+            print(f"  {w} worker(s): {r['build_s']:.1f} s ({c['bytes'] / r['build_s'] / 1e6:.1f} MB/s), "
+                  f"{r['speedup']:.2f}× the first, CPU {statistics.median(r['cpu_s']):.1f} s")
     if "e2e" in results:
         e = results["e2e"]
         frac = f" = {e['fraction']:.0%} of model-only" if e["fraction"] else ""
@@ -357,8 +403,11 @@ def main(argv=None) -> int:
     p.add_argument("--decode_pairs", type=int, default=3)
     p.add_argument("--e2e_steps", type=int, default=6)
     p.add_argument("--cache_source", default=str(ROOT / "data/demo/pretrain.jsonl"))
+    p.add_argument("--cache_mb", type=float, default=40)
+    p.add_argument("--cache_repeats", type=int, default=2)
+    p.add_argument("--tokenize_workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--sections", nargs="+", default=["train", "decode", "data", "e2e"],
-                   choices=["train", "decode", "data", "e2e"])
+                   choices=["train", "decode", "data", "e2e", "cache"])
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     device, inference_dtype = resolve_device(args.device, "auto", training=False)
@@ -375,6 +424,8 @@ def main(argv=None) -> int:
             bench_data(args, results)
         elif section == "e2e":
             bench_e2e(args, device, results)
+        elif section == "cache":
+            bench_cache(args, results)
     print_table(results)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

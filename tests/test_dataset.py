@@ -183,3 +183,113 @@ def test_real_minimind_sample_lines_load(tmp_path, tokenizer):
     for row, record in enumerate(records):
         expected = "".join(m["content"] + "<|im_end|>" for m in record["conversations"] if m["role"] == "assistant")
         assert tokenizer.decode(b.targets[row][b.loss_mask[row] > 0]) == expected
+
+
+def cache_files(cache):
+    return {name: (cache.directory / name).read_bytes()
+            for name in ("tokens.bin", "mask.bin", "offsets.npy", "lines.npy") if (cache.directory / name).is_file()}
+
+
+def test_parallel_build_is_identical_to_the_one_process_build(tmp_path, tokenizer):
+    """Byte ranges tokenised by worker processes and merged in order: the same cache, byte for
+    byte, and a bad line is reported by its line number in the whole file."""
+    from conftest import DEMO
+    one = build_token_cache(DEMO / "sft_512.jsonl", "sft", tokenizer, tmp_path / "one", quiet=True, workers=1)
+    many = build_token_cache(DEMO / "sft_512.jsonl", "sft", tokenizer, tmp_path / "many", quiet=True, workers=3,
+                             min_range_bytes=20_000)   # ≈ 12 ranges over 3 processes
+    assert cache_files(one) == cache_files(many) and one.meta["num_tokens"] == many.meta["num_tokens"]
+    lines = (DEMO / "sft_512.jsonl").read_text(encoding="utf-8").splitlines()
+    k = len(lines) * 3 // 4
+    lines[k] = '{"conversations": []}'                     # in a late range
+    lines.insert(5, "")                                    # a blank line shifts every later number
+    bad = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(DataError, match=f"bad.jsonl line {k + 2}: field \"conversations\" is not"):
+        build_token_cache(bad, "sft", tokenizer, tmp_path / "bad", quiet=True, workers=3, min_range_bytes=20_000)
+    skipped = build_token_cache(bad, "sft", tokenizer, tmp_path / "skip", quiet=True, workers=3,
+                                min_range_bytes=20_000, skip_bad_lines=True)
+    alone = build_token_cache(bad, "sft", tokenizer, tmp_path / "skip1", quiet=True, workers=1, skip_bad_lines=True)
+    assert cache_files(skipped) == cache_files(alone)
+    assert not [p for p in (tmp_path / "many").iterdir() if p.name.startswith(".")]   # no temporary left
+
+
+def test_two_builders_of_one_cache_at_once_both_succeed(tmp_path, tokenizer, monkeypatch):
+    """Issue 14 item 10: a second build of the same cache runs to completion while the first is
+    half-way (two stages started together, or ranks on a shared filesystem). Both must succeed
+    with a correct cache; before, the first died with FileNotFoundError on its rename."""
+    path = write_jsonl(tmp_path / "sft.jsonl", CONVS * 3)
+    reference = build_token_cache(path, "sft", tokenizer, tmp_path / "reference", quiet=True)
+    original = tokenizer.tokenizer.encode_batch
+    second = []
+
+    class Interleaved:
+        def __getattr__(self, name):
+            return getattr(original.__self__, name)
+
+        def encode_batch(self, *a, **k):
+            if not second:       # the first builder is half-way: the second one runs start to finish
+                second.append(None)
+                second[0] = build_token_cache(path, "sft", tokenizer, tmp_path / "cache", quiet=True, workers=1)
+            return original(*a, **k)
+    monkeypatch.setattr(tokenizer, "tokenizer", Interleaved())
+    first = build_token_cache(path, "sft", tokenizer, tmp_path / "cache", quiet=True, workers=1)
+    assert cache_files(first) == cache_files(second[0]) == cache_files(reference)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [reference.directory.name]
+
+
+def test_same_size_edit_with_the_mtime_put_back_is_stale(tmp_path, tokenizer, monkeypatch):
+    """Issue 14 item 11: `cp -p` / `rsync -t` keep size and mtime. An edit far from the file's
+    first and last MiB (what the old fingerprint read) must still be seen; a touch or a copy
+    of the same bytes must not cost a rebuild."""
+    import os
+    rows = [{"text": f"第{i:05d}行：今天学习了新的词语，明天继续努力。"} for i in range(40000)]   # ≈ 2.6 MB
+    path = write_jsonl(tmp_path / "pt.jsonl", rows)
+    first = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True, workers=1)
+    calls = []
+    original = tokenizer.tokenizer.encode_batch
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(original.__self__, name)
+
+        def encode_batch(self, *a, **k):
+            calls.append(1)
+            return original(*a, **k)
+    monkeypatch.setattr(tokenizer, "tokenizer", Spy())
+    data = path.read_bytes()
+    middle = data.index("第20000行".encode())
+    st = os.stat(path)
+    path.write_bytes(data)                                    # the same bytes, rewritten and touched
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True, workers=1)
+    assert not calls
+    st = os.stat(path)
+    path.write_bytes(data[:middle] + "第20000列".encode() + data[middle + len("第20000行".encode()):])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))       # as cp -p leaves it: same size, same mtime
+    assert os.path.getsize(path) == len(data) and os.stat(path).st_mtime_ns == st.st_mtime_ns
+    edited = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True, workers=1)
+    assert calls and not np.array_equal(np.asarray(edited.tokens), np.asarray(first.tokens))
+
+
+def test_padding_rows_and_lengths_change_no_loss(tmp_path, tokenizer):
+    """Stable shapes for torch.compile: rows of zero loss mask and lengths padded to a multiple of
+    64 leave each real row's loss as it was, and the padding rows' loss is exactly 0."""
+    import torch
+    from Config import model_config
+    from losses import cross_entropy, to_device
+    from model import XiaoXin
+    data = make_dataset(write_jsonl(tmp_path / "sft.jsonl", CONVS), "sft", tokenizer, tmp_path / "c", seq_len=512,
+                        quiet=True)
+    torch.manual_seed(0)
+    model = XiaoXin(model_config("tiny"))
+    plain, padded = data.batch([0, 2, 3]), data.batch([0, 2, 3], rows=5, length_multiple=64)
+    T = plain.input_ids.shape[1]
+    assert padded.input_ids.shape == (5, -(-T // 64) * 64) and T % 64
+    assert padded.num_loss_tokens == plain.num_loss_tokens and list(padded.lines) == list(plain.lines)
+    with torch.no_grad():
+        a = cross_entropy(model, to_device(plain, torch.device("cpu")))[0]
+        b = cross_entropy(model, to_device(padded, torch.device("cpu")))[0]
+    assert torch.allclose(a, b[:3], rtol=1e-6, atol=0) and torch.equal(b[3:], torch.zeros(2))
+    pre = make_dataset(write_jsonl(tmp_path / "pt.jsonl", [{"text": "第一篇很长的文章。" * 20}]), "pretrain", tokenizer,
+                       tmp_path / "c", seq_len=32, quiet=True)
+    last = pre.batch([pre.num_samples - 1], rows=4)            # the last, partial batch of an epoch
+    assert last.input_ids.shape == (4, 32) and last.loss_mask[1:].sum() == 0

@@ -327,3 +327,39 @@ def test_library_callers_sample_with_config_generation(tmp_path, monkeypatch):
     chat = Chat(tmp_path / "sft.pt", ROOT / "XiaoXin_tokenizer", "cpu", "float32")
     list(chat.stream_ids(chat.prompt_ids([{"role": "user", "content": "你好"}], 8), max_new_tokens=8))
     assert used and set(used) == expected
+
+
+def test_flop_count_matches_the_model_and_peaks_tell_h100_cards_apart(monkeypatch):
+    """One FLOP count (model.training_flops_per_token) for trainer, bench and gpu_check: 6 per
+    weight of every matmul the model runs, plus PaLM's 12·L·H·Q·T for attention."""
+    import checkpoint
+    from model import training_flops_per_token
+    for name in ("tiny", "default"):
+        cfg = model_config(name)
+        linear = sum(m.weight.numel() for m in XiaoXin(cfg).modules() if isinstance(m, torch.nn.Linear))
+        attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * 512
+        assert training_flops_per_token(cfg, 512) == 6 * linear + attention
+    cuda = torch.device("cuda", 0)
+    for card, tflops in [("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 80GB HBM3", 989.4),
+                         ("NVIDIA GeForce RTX 4090", 165.2), ("Some Future GPU", None)]:
+        monkeypatch.setattr(checkpoint.torch.cuda, "get_device_name", lambda device=None, card=card: card)
+        peak, name = checkpoint.peak_flops(cuda)
+        assert name == card and peak == (tflops * 1e12 if tflops else None)
+
+
+def test_attention_with_copied_kv_heads_equals_enable_gqa(monkeypatch):
+    """fp32 on CUDA copies K/V per query head (the flash kernel, the one that takes enable_gqa,
+    has no fp32); forced here on CPU, that path must give what enable_gqa gives."""
+    import model as model_module
+    torch.manual_seed(0)
+    m = XiaoXin(model_config("tiny")).eval()
+    assert m.config.num_key_value_heads < m.config.num_attention_heads
+    x = torch.randint(3, m.config.vocab_size, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, :7] = False
+    with torch.no_grad():
+        shared = m(x).logits, m(x, key_mask=mask).logits
+        monkeypatch.setattr(model_module, "sdpa_takes_gqa", lambda q: False)
+        copied = m(x).logits, m(x, key_mask=mask).logits
+    for a, b in zip(shared, copied):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)

@@ -130,3 +130,18 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path, corpus):
     assert proc.returncode == 130
     assert "stopped at step" in out and "--resume" in out
     assert list((tmp_path / "ckpt" / "checkpoints" / "pretrain").glob("step_*.pt"))
+
+
+def test_steps_log_holds_each_step_once_after_a_resume(tmp_path, corpus):
+    """Issue 14 item 13: a resume re-runs the steps after its checkpoint; their records must not
+    appear twice in log/<Stage>_steps.jsonl (nor a fresh run's after an older run's)."""
+    common = ["--data_path", str(corpus), "--max_seq_len", "16", "--batch_size", "2", "--save_step", "3",
+              "--max_steps", "8", "--val_path", "", "--accumulation_steps", "1"]
+    assert pretrain.main(run_args(tmp_path, *common)) == 0
+    steps_file = tmp_path / "log" / "Pretrain_steps.jsonl"
+    with open(steps_file, "a") as f:
+        f.write('{"step": 9, "lo')                          # a line a kill cut short
+    assert pretrain.main(run_args(tmp_path, *common, "--resume")) == 0   # from step 6: runs 7 and 8 again
+    assert [json.loads(line)["step"] for line in steps_file.read_text().splitlines()] == list(range(1, 9))
+    assert pretrain.main(run_args(tmp_path, *common)) == 0
+    assert [json.loads(line)["step"] for line in steps_file.read_text().splitlines()] == list(range(1, 9))

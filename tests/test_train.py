@@ -208,3 +208,38 @@ def test_a_compile_failure_in_the_first_backward_falls_back_to_eager(tmp_path, p
     out = capsys.readouterr().out
     assert out.count("torch.compile failed in the backward pass") == 1
     assert_same_weights(weights(tmp_path / "eager"), weights(tmp_path / "compiled"))
+
+
+def test_compiled_sft_on_varying_lengths_builds_few_graphs(tmp_path, trained, monkeypatch, capsys):
+    """Issue 15: a compiled run pads batches to stable shapes (lengths to a multiple of 64, every
+    batch --batch_size rows) and compiles the length as a symbol, so the demo's varying SFT lengths
+    cost a bounded number of graphs, reported at the end; the padding carries no loss, so the run
+    ends where an eager, unpadded run does. Graphs are counted by dynamo, whatever the backend, so
+    the test compiles with aot_eager (no code generation) to stay fast."""
+    import functools
+    import model as model_module
+    import trainer
+    monkeypatch.setattr(model_module.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    lengths, shapes = set(), set()
+    original = trainer.Trainer.step_batches
+
+    def recording(self, step):
+        epoch, batches, n = original(self, step)
+        for b in batches:
+            lengths.add(int((b.loss_mask.sum(0) > 0).nonzero()[0].max()) if b.loss_mask.any() else 0)
+            shapes.add(b.input_ids.shape)
+        return epoch, batches, n
+    monkeypatch.setattr(trainer.Trainer, "step_batches", recording)
+    common = ["--data_path", str(DEMO / "sft_512.jsonl"), "--val_path", "", "--max_seq_len", "512",
+              "--batch_size", "6", "--max_steps", "5", "--init_from", str(trained / "ckpt" / "pretrain.pt")]
+    compiled = run_args(tmp_path / "compiled", *common)
+    compiled[compiled.index("--compile") + 1] = "on"
+    assert SFT.main(compiled) == 0
+    out = capsys.readouterr().out
+    assert len(lengths) >= 4                                      # the data's lengths do vary
+    assert all(s[0] == 6 and s[1] % 64 == 0 for s in shapes)      # stable shapes
+    graphs = json.loads((tmp_path / "compiled" / "ckpt" / "sft.json").read_text())["results"]["compiled_graphs"]
+    assert graphs == 1 and "compiled 1 graphs" in out            # unpadded: 2 (torch 2.13 automatic dynamic)
+    monkeypatch.setattr(trainer.Trainer, "step_batches", original)
+    assert SFT.main(run_args(tmp_path / "eager", *common)) == 0
+    assert_same_weights(weights(tmp_path / "eager", "sft"), weights(tmp_path / "compiled", "sft"), atol=2e-6)
