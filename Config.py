@@ -74,7 +74,7 @@ class TrainConfig:
     plot_dir: str = ""                  # "" = <save_dir>/plots (assets/ changes only by scripts/report.py --publish)
     cache_dir: str = ""                 # "" = <save_dir>/cache
     epochs: int = 1
-    batch_size: int = 32
+    batch_size: int = 32                # sequences per micro-batch; --batch_size auto: the largest that fits
     learning_rate: float = 5e-4
     min_lr_ratio: float = 0.1           # cosine decays to learning_rate × this
     weight_decay: float = 0.1
@@ -100,6 +100,7 @@ class TrainConfig:
     reasoning_problems: int = 0         # add this many generated reasoning problems (scripts/gen_reasoning.py,
                                         # seeded by --seed, never a held-out question) to the training data
     stage: str = ""                     # set from the STAGES key; not a flag
+    auto_batch_size: bool = False       # set by --batch_size auto (trainer.Trainer.choose_batch_size); not a flag
 
 
 @dataclass

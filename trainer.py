@@ -48,10 +48,12 @@ import hashlib
 import json
 import math
 import os
+import queue
 import random
 import runpy
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,10 +81,13 @@ def parse_args(stage: str, argv=None) -> tuple[TrainConfig, bool]:
                                      f"from Config.py, flags override them for one run.",
                                      argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(base):
-        if f.name == "stage":
+        if f.name in ("stage", "auto_batch_size"):
             continue
         default = getattr(base, f.name)
-        if isinstance(default, bool):
+        if f.name == "batch_size":
+            parser.add_argument("--batch_size", type=int_or_auto, help=f"sequences per micro-batch, or auto: the "
+                                f"largest that fits, same tokens per step (default {default!r})")
+        elif isinstance(default, bool):
             parser.add_argument(f"--{f.name}", action="store_true", help=f"(default {default})")
         else:
             parser.add_argument(f"--{f.name}", type=type(default), help=f"(default {default!r})")
@@ -106,9 +111,18 @@ def parse_args(stage: str, argv=None) -> tuple[TrainConfig, bool]:
         whose = "" if base.data_path else f" (the data of the {entry.starts_from[0]} stage it starts from)"
         print(f"{real_data(stage)}{whose} not found, so training {data}with the demo profile "
               f"({settings}); download the real data with python scripts/download_data.py.", flush=True)
+    if given.get("batch_size") == "auto":
+        # The stage's micro-batch × --accumulation_steps stays the step's size; Trainer.choose_batch_size
+        # splits it into the largest micro-batch that fits.
+        given["batch_size"] = cfg.batch_size
+        given["auto_batch_size"] = True
     cfg = dataclasses.replace(cfg, **given)
     validate(cfg)
     return cfg, resume
+
+
+def int_or_auto(text: str):
+    return text if text == "auto" else int(text)
 
 
 def real_data(stage: str) -> str:
@@ -164,7 +178,7 @@ def set_numpy_rng_state(state):
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def configure_optimizer(model, cfg: TrainConfig, device):
+def configure_optimizer(model, cfg: TrainConfig, device, fused: bool | None = None):
     """AdamW (weight decay on matrices only: decaying norms' gains toward 0 only hurts), or with
     --optimizer muon, Muon on the attention and MLP matrices and AdamW on the rest."""
     hidden = [p for name, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in name
@@ -174,7 +188,7 @@ def configure_optimizer(model, cfg: TrainConfig, device):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8,
-                              fused=device.type == "cuda")
+                              fused=device.type == "cuda" if fused is None else fused)
     if not hidden:
         return adamw
     # Muon (Jordan et al. 2024; Liu et al., arXiv:2502.16982) orthogonalises each matrix's momentum
@@ -222,6 +236,71 @@ def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     floor = cfg.learning_rate * cfg.min_lr_ratio
     return floor + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - floor)
+
+
+# ---------------------------------------------------------------- micro-batch size (--batch_size auto)
+
+AUTO_BATCH_MEMORY_SHARE = 0.9   # --batch_size auto leaves a tenth of the GPU free: allocator fragmentation, and
+                                # a compiled graph's buffers differ from the eager probe's
+
+
+def largest_fitting_batch(fits, per_step: int, start: int) -> int:
+    """The largest micro-batch that divides `per_step` (the sequences of one optimiser step, so
+    micro-batch × accumulation keeps the step's size exactly) and for which fits(size) is true;
+    0 if not even 1 fits. Assumes fitting is monotone in the size. Starts at the largest divisor
+    ≤ `start`, doubles while it fits (halves while it does not), then bisects: a few probes."""
+    sizes = [d for d in range(1, per_step + 1) if per_step % d == 0]
+
+    def at_most(x):     # index of the largest size ≤ x (0 if none)
+        return max((k for k, d in enumerate(sizes) if d <= x), default=0)
+    lo, hi = -1, len(sizes)          # sizes[lo] fits (-1: none known); sizes[hi] does not (len: none known)
+    probe = at_most(start)
+    while hi - lo > 1:
+        if fits(sizes[probe]):
+            lo = probe
+        else:
+            hi = probe
+        if hi == len(sizes):
+            probe = max(lo + 1, at_most(2 * sizes[lo]))
+        elif lo == -1:
+            probe = min(hi - 1, at_most(sizes[hi] // 2))
+        else:
+            probe = (lo + hi) // 2
+    return sizes[lo] if lo >= 0 else 0
+
+
+def cuda_batch_probe(model_config: LLMConfig, seq_len: int, device, autocast, optimizer_bytes_per_param: int):
+    """fits(batch_size) for --batch_size auto on CUDA: one forward and backward of a fresh model of
+    the run's size on batch_size × seq_len random tokens, with the stages' cross-entropy in the run's
+    dtype; it fits if nothing ran out of memory and the peak, plus the optimiser's state (which the
+    probe does not allocate), stays within AUTO_BATCH_MEMORY_SHARE of the memory free at the start.
+    Eager, so on the safe side of a compiled step (compile fuses the fp32 logits away)."""
+    from losses import masked_cross_entropy
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = AUTO_BATCH_MEMORY_SHARE * (free + torch.cuda.memory_reserved(device))
+    base = torch.cuda.memory_allocated(device)
+    model = XiaoXin(model_config).to(device)
+    optimizer_bytes = optimizer_bytes_per_param * model.num_parameters()
+
+    def fits(batch_size: int) -> bool:
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            x = torch.randint(model_config.vocab_size, (batch_size, seq_len + 1), device=device)
+            with autocast():
+                logits = model(x[:, :-1]).logits
+            masked_cross_entropy(logits, x[:, 1:], torch.ones(batch_size, seq_len, device=device)).sum().backward()
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device) - base
+        except torch.OutOfMemoryError:
+            peak = math.inf
+        finally:
+            model.zero_grad(set_to_none=True)
+            x = logits = None
+            torch.cuda.empty_cache()
+        return peak + optimizer_bytes <= budget
+    fits.release = lambda: (model.cpu(), torch.cuda.empty_cache())
+    return fits
 
 
 # ---------------------------------------------------------------- distributed
@@ -278,6 +357,89 @@ def metric_means(pairs: dict, dist: "Dist") -> dict[str, float]:
     if dist.enabled:
         torch.distributed.all_reduce(stacked)
     return {n: s / c if c else float("nan") for n, (s, c) in zip(names, stacked.tolist())}
+
+
+# ---------------------------------------------------------------- batches and step records off the critical path
+
+class BatchPrefetcher:
+    """Builds the micro-batches of the coming optimiser steps in a background thread, in step
+    order, and on CUDA copies them to the device from pinned memory without blocking, so the GPU
+    does not wait between steps while numpy gathers rows from the token cache. The batches are
+    make(step) for step = first, first + 1, …: the same pure function of the step as without
+    prefetching, so the order, and resume, do not change. A bounded queue keeps it at most
+    `depth` steps ahead. (The copies go to the device's default stream, which the loop computes
+    on, so a batch is on the device before any kernel that reads it runs.)"""
+
+    def __init__(self, make, first: int, last: int, device, depth: int = 2):
+        self.queue = queue.Queue(maxsize=depth)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._fill, args=(make, first, last, device), daemon=True,
+                                       name="batch-prefetch")
+        self.thread.start()
+
+    def _fill(self, make, first, last, device):
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)     # the current device is per thread
+            for step in range(first, last):
+                epoch, batches, n_loss_tokens = make(step)
+                if not self._put((step, epoch, [to_device(b, device) for b in batches], n_loss_tokens)):
+                    return
+        except BaseException as e:   # raised in the loop by get(), with its traceback
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def get(self, step: int):
+        """(epoch, batches on the device, loss tokens of the step) of optimiser step `step`."""
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        made, *rest = item
+        if made != step:
+            raise RuntimeError(f"the batch prefetcher made step {made} where the loop asked for step {step}")
+        return rest
+
+    def close(self):
+        self.stopped.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.1)   # unblock a put in progress
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """What the host needs of one optimiser step: its loss and gradient norm (the NaN guard) and
+    its metrics (the steps log). `values` stays a device tensor until read(); on CUDA
+    copy_to_host() starts an asynchronous copy into pinned memory, so reading it one step
+    later does not stall the GPU."""
+    step: int                  # 1-based, as logged
+    n_loss_tokens: int
+    names: list                # metric names, in the order of their (sum, count) pairs in values
+    lines: list                # each micro-batch's source lines
+    values: torch.Tensor       # [loss sum, grad norm, metric sum, metric count, …] (float64)
+    ready: object = None       # a CUDA event once the copy is queued
+
+    def copy_to_host(self):
+        if self.values.device.type == "cuda":
+            self.values = self.values.to("cpu", non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+
+    def read(self) -> list[float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.values.tolist()
 
 
 # ---------------------------------------------------------------- logging
@@ -389,6 +551,10 @@ class Trainer:
     # record_step flags a step whose loss jumps above 1.5× its running mean; a stage whose loss is
     # no error measure (a policy-gradient surrogate is centred on 0 and changes sign) turns it off.
     flag_loss_spikes = True
+    # None: decided by the device (trainer.prefetch_wanted, defer_step_read below); True or False
+    # forces it, e.g. for tests on the CPU.
+    prefetch = None            # build the coming steps' batches in a background thread
+    defer_step_read = None     # read each step's NaN guard and record a step late, skipping on the device
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg, self.resume = cfg, resume
@@ -411,6 +577,9 @@ class Trainer:
         if self.tok.vocab_size != self.model_config.vocab_size:
             raise UserError(f"tokenizer {cfg.tokenizer_dir} has {self.tok.vocab_size} tokens but --model {cfg.model} "
                             f"expects {self.model_config.vocab_size}.")
+        if cfg.auto_batch_size:
+            self.choose_batch_size()
+            cfg = self.cfg
         self.setup_data()
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps:
@@ -429,7 +598,15 @@ class Trainer:
                 model.load_state_dict(ckpt["model"], strict=True)
                 log.print(f"initialised from {self.init_path}")
         self.raw_model = model.to(self.device)
-        self.optimizer = configure_optimizer(self.raw_model, cfg, self.device)
+        want_deferred = self.device.type == "cuda" if self.defer_step_read is None else self.defer_step_read
+        self.optimizer = configure_optimizer(self.raw_model, cfg, self.device, fused=self.device.type == "cuda"
+                                             or want_deferred)
+        # Reading a step's values one step late needs an optimiser that can skip a non-finite step
+        # on the device (fused AdamW). Muon cannot: it keeps one host sync per step.
+        self.defer_read = want_deferred and getattr(self.optimizer, "_step_supports_amp_scaling", False)
+        if want_deferred and not self.defer_read:
+            log.print(f"note: --optimizer {cfg.optimizer} cannot skip a non-finite step on the device, so each "
+                      f"step's loss and gradient norm are read on the host before its update (one sync per step).")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.tokens_seen = {"computed": 0, "loss": 0}
@@ -464,6 +641,45 @@ class Trainer:
                   f"{cfg.batch_size}×{cfg.accumulation_steps}×{self.dist.world} = "
                   f"{cfg.batch_size * cfg.accumulation_steps * self.dist.world} sequences ≤ {tokens_per_step} tokens; "
                   f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+
+    def choose_batch_size(self):
+        """--batch_size auto: the largest micro-batch that fits this GPU (largest_fitting_batch over
+        batch_fits_probe), with --accumulation_steps adjusted so the optimiser step keeps the stage's
+        batch_size × accumulation_steps sequences. A resumed run keeps the split it started with
+        (its checkpoint's), so it sees the same batches. Without a probe (CPU, MPS), the stage's
+        default stays."""
+        cfg = self.cfg
+        per_step = cfg.batch_size * cfg.accumulation_steps
+        if self.resume:
+            files = sorted(self.checkpoint_dir().glob("step_*.pt"))
+            chosen = load_checkpoint(files[-1])["train_config"] if files else None
+            if chosen:
+                self.cfg = dataclasses.replace(cfg, batch_size=chosen["batch_size"],
+                                               accumulation_steps=chosen["accumulation_steps"])
+                self.log.print(f"--batch_size auto: {chosen['batch_size']} × accumulation {chosen['accumulation_steps']}, "
+                               f"as in the checkpoint this run resumes")
+                return
+        fits = self.batch_fits_probe()
+        if fits is None:
+            self.log.print(f"note: --batch_size auto measures GPU memory; on {self.device.type} it keeps the stage's "
+                           f"{cfg.batch_size} × accumulation {cfg.accumulation_steps}.")
+            return
+        tried = {}
+        batch = largest_fitting_batch(lambda b: tried.setdefault(b, fits(b)), per_step, cfg.batch_size)
+        getattr(fits, "release", lambda: None)()
+        if batch == 0:
+            raise UserError(f"--batch_size auto: not even one sequence of --max_seq_len {cfg.max_seq_len} fits in "
+                            f"{self.device} memory with --model {cfg.model}; lower --max_seq_len or choose a smaller model.")
+        self.cfg = dataclasses.replace(cfg, batch_size=batch, accumulation_steps=per_step // batch)
+        self.log.print(f"--batch_size auto: {batch} × accumulation {per_step // batch} = {per_step} sequences per step "
+                       f"(tried: {', '.join(f'{b} ' + ('fits' if ok else 'does not') for b, ok in sorted(tried.items()))})")
+
+    def batch_fits_probe(self):
+        """fits(batch_size) -> bool for --batch_size auto, or None where memory cannot be measured."""
+        if self.device.type != "cuda":
+            return None
+        per_param = 8 + (4 if self.dist.enabled else 0)    # AdamW's two fp32 moments; DDP's gradient buckets
+        return cuda_batch_probe(self.model_config, self.cfg.max_seq_len, self.device, self.autocast, per_param)
 
     def setup_data(self):
         """The stage's jsonl files as token caches (built once): self.train_data, self.val_data,
@@ -682,15 +898,18 @@ class Trainer:
         t_start, first_step = time.perf_counter(), self.step
         t_log, tokens_since_log, steps_since_log = t_start, 0, 0
         loss_accum, metric_accum = torch.zeros((), device=self.device), {}
-        bad_in_a_row, bad_total = 0, 0
+        self.bad_in_a_row, self.bad_total = 0, 0
+        pending = None      # the previous step's record, when its values are read one step late
         last_val = {}
         world = self.dist.world
+        self.prefetcher = BatchPrefetcher(self.step_batches, self.step, self.total_steps, self.device) \
+            if self.prefetch_wanted() else None
         while self.step < self.total_steps:
             step = self.step
             lr = lr_at(step, self.total_steps, cfg, self.warmup)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            epoch, batches, n_loss_tokens = self.step_batches(step)
+            epoch, batches, n_loss_tokens = (self.prefetcher.get(step) if self.prefetcher else self.step_batches(step))
             self.tokens_seen["loss"] += int(n_loss_tokens)
             try:
                 step_loss, step_metrics, computed = self.accumulate(batches, n_loss_tokens)
@@ -702,29 +921,25 @@ class Trainer:
             self.tokens_seen["computed"] += computed * world
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
-            # One host sync per optimiser step (never per micro-step): the finiteness check and
-            # the per-step record that traces loss spikes back to source lines.
             names = sorted(step_metrics)
-            host = torch.cat([torch.stack([step_loss.double(), grad_norm.double()]),
-                              *(step_metrics[n] for n in names)]).tolist()
-            step_value = host[0] / max(n_loss_tokens, 1) * world
-            finite = math.isfinite(host[1]) and math.isfinite(step_value)
-            self.record_step(step + 1, step_value, {n: s / c if c else float("nan") for n, s, c in
-                                                    zip(names, host[2::2], host[3::2])}, batches)
-            if finite or self.dtype == torch.float16:
-                # fp16: the GradScaler itself skips steps with inf gradients while it calibrates.
-                self.scaler.step(self.optimizer)
-                bad_in_a_row = 0 if finite else bad_in_a_row
-            if not finite:
-                bad_in_a_row += 1
-                bad_total += 1
-                lines = sorted(set(int(x) for b in batches for x in b.lines))
-                log.print(f"step {step + 1}: non-finite loss or gradient, step skipped ({bad_total} so far); "
-                          f"source lines {format_lines(lines)} of {cfg.data_path}")
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    raise UserError(f"{bad_in_a_row} optimiser steps in a row had a non-finite loss or gradient; "
-                                    f"the last one came from lines {format_lines(lines)} of {cfg.data_path}. "
-                                    f"Check that data, or lower --learning_rate.")
+            record = StepRecord(step + 1, n_loss_tokens, names, [b.lines for b in batches],
+                                torch.cat([torch.stack([step_loss.double(), grad_norm.double()]),
+                                           *(step_metrics[n] for n in names)]))
+            if self.defer_read:
+                # No host sync: the optimiser skips a non-finite step on the device, and the step's
+                # values reach the host while the next step computes; they are read then.
+                self.step_unless_non_finite(step_loss, grad_norm)
+                record.copy_to_host()
+                if pending is not None:
+                    self.finish_step(pending)
+                pending = record
+            else:
+                # One host sync per optimiser step (never per micro-step): the finiteness check and
+                # the per-step record that traces loss spikes back to source lines.
+                finite = self.finish_step(record)
+                if finite or self.dtype == torch.float16:
+                    # fp16: the GradScaler itself skips steps with inf gradients while it calibrates.
+                    self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             loss_accum += step_loss / max(n_loss_tokens, 1)
@@ -757,17 +972,22 @@ class Trainer:
                     log.print(f"step {self.step}: validation " +
                               ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in values.items()))
                     log.metrics(self.step, values)
+            saving = (self.step % cfg.save_step == 0 and self.step < self.total_steps) or self.stop_requested
+            if pending is not None and (saving or self.step == self.total_steps):
+                self.finish_step(pending)     # the steps log reaches each checkpoint and the end
+                pending = None
             if self.step % cfg.save_step == 0 and self.step < self.total_steps:
                 self.save_resume_state()
             if self.stop_requested:
                 self.save_resume_state()
                 log.print(f"stopped at step {self.step}; continue with python {Config.STAGES[cfg.stage].script} --resume")
                 raise KeyboardInterrupt
+        self.close_prefetcher()
         if isinstance(self.forward_loss, CompileOrEager) and self.forward_loss.works:
             log.print(f"compiled {self.forward_loss.graphs} graphs")
         results = {"steps": self.step, "final_train_loss": self.log.history["loss"][-1] if self.log.history["loss"] else None,
                    "final_val_loss": None, **{f"final_{k}": v for k, v in last_val.items()},
-                   "skipped_steps": bad_total, "wall_seconds": round(time.perf_counter() - t_start, 1),
+                   "skipped_steps": self.bad_total, "wall_seconds": round(time.perf_counter() - t_start, 1),
                    # computed: every position of every batch (padding included, × ranks); loss: loss-mask tokens
                    "tokens": dict(self.tokens_seen),
                    "compiled_graphs": self.forward_loss.graphs if isinstance(self.forward_loss, CompileOrEager) else None}
@@ -818,13 +1038,68 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return True
 
-    def record_step(self, step: int, loss: float, metrics: dict, batches):
+    def finish_step(self, record: StepRecord) -> bool:
+        """Read a step's values on the host (the one sync of a step, or none where it was copied a
+        step ago), append its record to the steps log, count it if it was non-finite and stop
+        after --max_bad_steps such steps in a row. Returns whether it was finite."""
+        cfg, world = self.cfg, self.dist.world
+        host = record.read()
+        step_value = host[0] / max(record.n_loss_tokens, 1) * world
+        finite = math.isfinite(host[1]) and math.isfinite(step_value)
+        self.record_step(record.step, step_value, {n: s / c if c else float("nan") for n, s, c in
+                                                   zip(record.names, host[2::2], host[3::2])}, record.lines)
+        if finite:
+            self.bad_in_a_row = 0
+            return True
+        self.bad_in_a_row += 1
+        self.bad_total += 1
+        lines = sorted(set(int(x) for batch_lines in record.lines for x in batch_lines))
+        self.log.print(f"step {record.step}: non-finite loss or gradient, step skipped ({self.bad_total} so far); "
+                       f"source lines {format_lines(lines)} of {cfg.data_path}")
+        if self.bad_in_a_row >= cfg.max_bad_steps:
+            raise UserError(f"{self.bad_in_a_row} optimiser steps in a row had a non-finite loss or gradient; "
+                            f"the last one came from lines {format_lines(lines)} of {cfg.data_path}. "
+                            f"Check that data, or lower --learning_rate.")
+        return False
+
+    def step_unless_non_finite(self, step_loss, grad_norm):
+        """The optimiser step, skipped on the device when the loss or the gradient norm is not
+        finite: fused AdamW reads a `found_inf` flag and leaves weights, moments and step count
+        untouched where it is 1 (the hook torch's GradScaler uses for fused optimisers), so the
+        host need not look first. fp16: the GradScaler sets that flag itself."""
+        if self.dtype == torch.float16:
+            self.scaler.step(self.optimizer)
+            return
+        optimizer = self.optimizer
+        optimizer.grad_scale = None
+        optimizer.found_inf = (~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+
+    def prefetch_wanted(self) -> bool:
+        """Batches are built in a background thread (BatchPrefetcher) on CUDA, where building them
+        on the main thread leaves the GPU idle, and only for batches read from the token cache:
+        a stage that makes its own step_batches (GRPO samples them from the model being trained)
+        may need this step's update before it can make the next step's batches."""
+        if self.prefetch is not None:
+            return self.prefetch
+        own = getattr(self.step_batches, "__func__", None) is Trainer.step_batches
+        return own and self.device.type == "cuda"
+
+    def close_prefetcher(self):
+        if getattr(self, "prefetcher", None) is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
+
+    def record_step(self, step: int, loss: float, metrics: dict, batch_lines: list):
         """Append {step, loss, this rank's metrics, first/last source line} to log/<Stage>_steps.jsonl;
         a step whose loss jumps above 1.5× the running mean also lists every source line, so the
         samples behind a spike can be found (scripts/data_doctor.py loss scores them one by one)."""
         if not self.dist.main:
             return
-        lines = np.unique(np.concatenate([np.asarray(b.lines, dtype=np.int64) for b in batches]))
+        lines = np.unique(np.concatenate([np.asarray(x, dtype=np.int64) for x in batch_lines]))
         record = {"step": step, "loss": round(loss, 5), **{k: round(v, 5) for k, v in metrics.items()},
                   "lines": [int(lines[0]), int(lines[-1])] if len(lines) else []}
         mean = getattr(self, "_loss_mean", None)
@@ -871,6 +1146,7 @@ class Trainer:
             pass
 
     def close(self):
+        self.close_prefetcher()
         self.log.close()
         if self.steps_file is not None:
             self.steps_file.close()

@@ -243,3 +243,138 @@ def test_compiled_sft_on_varying_lengths_builds_few_graphs(tmp_path, trained, mo
     monkeypatch.setattr(trainer.Trainer, "step_batches", original)
     assert SFT.main(run_args(tmp_path / "eager", *common)) == 0
     assert_same_weights(weights(tmp_path / "eager", "sft"), weights(tmp_path / "compiled", "sft"), atol=2e-6)
+
+
+def test_prefetched_batches_are_the_loop_s_own_in_the_same_order(tmp_path, pretrain_file, sft_file):
+    """Issue 15: on CUDA the coming steps' batches are built in a background thread. They must be
+    exactly step_batches(step), step after step, from any starting step (a resume), for packed
+    rows and length-bucketed conversations alike; an error there surfaces in the loop."""
+    import numpy as np
+    import trainer
+    for stage, data in (("pretrain", pretrain_file), ("sft", sft_file)):
+        cfg, _ = trainer.parse_args(stage, run_args(tmp_path / stage, "--data_path", str(data), "--max_seq_len", "64",
+                                                    "--batch_size", "3", "--accumulation_steps", "2", "--epochs", "2"))
+        run = trainer.Trainer(cfg)
+        run.tok = trainer.open_tokenizer(cfg.tokenizer_dir)
+        run.setup_data()
+        run.stable_shapes = False
+        total = run.steps_per_epoch * 2
+        for first in (0, total // 2 + 1):
+            prefetcher = trainer.BatchPrefetcher(run.step_batches, first, total, torch.device("cpu"))
+            for step in range(first, total):
+                epoch, batches, n = prefetcher.get(step)
+                want_epoch, want, want_n = run.step_batches(step)
+                assert (epoch, n, len(batches)) == (want_epoch, want_n, len(want)), (stage, step)
+                for b, w in zip(batches, want):
+                    for name in ("input_ids", "targets", "loss_mask"):
+                        assert torch.equal(getattr(b, name), torch.from_numpy(getattr(w, name))), (stage, step, name)
+                    assert np.array_equal(b.lines, w.lines)
+            prefetcher.close()
+        run.close()
+
+    def broken(step):
+        if step == 2:
+            raise ValueError("bad row")
+        return 0, [], 0
+    prefetcher = trainer.BatchPrefetcher(broken, 0, 5, torch.device("cpu"))
+    prefetcher.get(0), prefetcher.get(1)
+    with pytest.raises(ValueError, match="bad row"):
+        prefetcher.get(2)
+    prefetcher.close()
+
+
+def test_prefetch_and_deferred_reads_keep_resume_exact(tmp_path, pretrain_file, monkeypatch, capsys):
+    """Both CUDA paths forced on the CPU: batches from the background thread, each step's values
+    read one step late with the skip decided on the device. Stopped part-way (the stop is asked
+    for from the prefetch thread, steps ahead of the loop) and resumed, the run ends bit for bit
+    where the uninterrupted one does, with each step in the steps log once."""
+    import trainer
+    monkeypatch.setattr(trainer.Trainer, "prefetch", True)
+    monkeypatch.setattr(trainer.Trainer, "defer_step_read", True)
+    common = ["--data_path", str(pretrain_file), "--max_seq_len", "32", "--batch_size", "4", "--epochs", "2",
+              "--accumulation_steps", "2", "--save_step", "3", "--val_path", "", "--log_step", "100"]
+    interrupt_then_resume(tmp_path, common, monkeypatch)
+    assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "cut"))
+    steps = [json.loads(line) for line in (tmp_path / "cut" / "log" / "Pretrain_steps.jsonl").read_text().splitlines()]
+    full = [json.loads(line) for line in (tmp_path / "full" / "log" / "Pretrain_steps.jsonl").read_text().splitlines()]
+    assert steps == full and [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+
+
+def test_a_non_finite_step_is_skipped_and_counted_when_read_a_step_late(tmp_path, pretrain_file, monkeypatch, capsys):
+    """The deferred NaN guard (CUDA with fused AdamW; forced here on the CPU, where fused AdamW
+    honours the same device-side skip flag) must skip and report a non-finite step exactly as the
+    per-step host check does: the same weights, steps log, message and count, and the same stop
+    after --max_bad_steps."""
+    import losses
+    import trainer
+    real_loss, real_optimizer = losses.cross_entropy, trainer.configure_optimizer
+    calls = {"n": 0}
+
+    def nan_on_the_second_step(model, batch):
+        calls["n"] += 1
+        rows, metrics = real_loss(model, batch)
+        return (rows * float("nan") if calls["n"] == 2 else rows), metrics
+    monkeypatch.setattr(losses, "cross_entropy", nan_on_the_second_step)
+    # both runs on fused AdamW, so they may be compared bit for bit
+    monkeypatch.setattr(trainer, "configure_optimizer", lambda m, c, d, fused=None: real_optimizer(m, c, d, fused=True))
+    common = ["--data_path", str(pretrain_file), "--max_seq_len", "32", "--batch_size", "2", "--max_steps", "5",
+              "--val_path", "", "--accumulation_steps", "1", "--log_step", "100"]
+    runs = {}
+    for deferred in (False, True):
+        calls["n"] = 0
+        monkeypatch.setattr(trainer.Trainer, "defer_step_read", deferred)
+        assert pretrain.main(run_args(tmp_path / str(deferred), *common)) == 0
+        out = capsys.readouterr().out
+        assert "step 2: non-finite loss or gradient, step skipped (1 so far); source lines" in out
+        record = json.loads((tmp_path / str(deferred) / "ckpt" / "pretrain.json").read_text())
+        steps = (tmp_path / str(deferred) / "log" / "Pretrain_steps.jsonl").read_text().splitlines()
+        runs[deferred] = record["results"]["skipped_steps"], steps, weights(tmp_path / str(deferred))
+    assert runs[True][0] == runs[False][0] == 1
+    assert runs[True][1] == runs[False][1] and json.loads(runs[True][1][1])["spike"]
+    assert_same_weights(runs[True][2], runs[False][2])
+    assert all(torch.isfinite(v).all() for v in runs[True][2].values())
+
+    monkeypatch.setattr(losses, "cross_entropy", lambda model, batch: (real_loss(model, batch)[0] * float("nan"), {}))
+    assert pretrain.main(run_args(tmp_path / "stop", *common, "--max_bad_steps", "2")) == 2
+    assert "2 optimiser steps in a row had a non-finite loss" in capsys.readouterr().err
+
+
+def test_auto_batch_search_finds_the_largest_fitting_divisor():
+    """--batch_size auto's search against every answer: the largest micro-batch that divides the
+    step's sequences and fits under a fake memory limit, in a handful of probes."""
+    import trainer
+    for per_step in (1, 8, 12, 96, 256):
+        for limit in (0, 1, 5, 31, 32, 33, 64, 100, 1000):
+            for start in (1, 8, 32):
+                probes = []
+                got = trainer.largest_fitting_batch(lambda b: probes.append(b) or b <= limit, per_step, start)
+                assert got == max([d for d in range(1, per_step + 1) if per_step % d == 0 and d <= limit], default=0)
+                assert len(probes) <= 9 and len(set(probes)) == len(probes)
+
+
+def test_batch_size_auto_keeps_tokens_per_step_and_resume(tmp_path, pretrain_file, monkeypatch, capsys):
+    """--batch_size auto with the "does it fit" probe replaced by a fake memory limit: the largest
+    micro-batch under it, accumulation adjusted so a step keeps the stage's sequences; a resume
+    keeps the checkpoint's split even where the probe would now choose another. On the CPU (no
+    probe) it keeps the stage's default and says so."""
+    import trainer
+    common = ["--data_path", str(pretrain_file), "--max_seq_len", "32", "--batch_size", "auto",
+              "--accumulation_steps", "2", "--val_path", "", "--epochs", "3", "--max_steps", "3", "--save_step", "2"]
+    assert pretrain.main(run_args(tmp_path / "cpu", *common)) == 0
+    assert "on cpu it keeps the stage's 32 × accumulation 2" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "cpu" / "ckpt" / "pretrain.json").read_text())["train_config"]
+    assert (cfg["batch_size"], cfg["accumulation_steps"], cfg["auto_batch_size"]) == (32, 2, True)
+
+    limit = {"rows": 20}
+    monkeypatch.setattr(trainer.Trainer, "batch_fits_probe", lambda self: lambda b: b * 32 <= limit["rows"] * 32)
+    assert pretrain.main(run_args(tmp_path / "gpu", *common)) == 0
+    assert "--batch_size auto: 16 × accumulation 4 = 64 sequences per step" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "gpu" / "ckpt" / "pretrain.json").read_text())["train_config"]
+    assert (cfg["batch_size"], cfg["accumulation_steps"]) == (16, 4)
+    limit["rows"] = 64      # the probe would now take the whole step in one micro-batch
+    (tmp_path / "gpu" / "ckpt" / "pretrain.pt").unlink()
+    assert pretrain.main(run_args(tmp_path / "gpu", *common, "--max_steps", "5", "--resume")) == 0
+    assert "16 × accumulation 4, as in the checkpoint" in capsys.readouterr().out
+    limit["rows"] = 0
+    assert pretrain.main(run_args(tmp_path / "none", *common)) == 2
+    assert "not even one sequence" in capsys.readouterr().err
