@@ -31,6 +31,9 @@ Adding a stage
        to the device, calls the loss, and divides by n_loss_tokens. `batch.lines` holds ids
        that trace a step back to its data (source lines, prompt indices; may be empty). Sample
        from self.raw_model (self.model may be the DDP wrapper, which the loss gets).
+       An overriding step_batches runs on the main thread, in step order (the trainer's own
+       runs ahead in a background thread on CUDA, which is only right for batches that do not
+       depend on the model); set the class attribute prefetch = True if yours do not either.
    evaluate(self) -> dict[str, float]
        validation numbers to log, e.g. {"val_accuracy": 0.41}; {} when there is nothing to
        validate on. The last ones go into <stage>.json's results as final_<name>.

@@ -314,13 +314,15 @@ def bench_e2e(args, device, results):
         cfg, _ = trainer.parse_args("pretrain", argv)
         run = trainer.Trainer(cfg)
         times = []
-        original = run.step_batches
+        original = run.accumulate
 
-        def timed_batches(step):   # time from one step's start to the next, skipping warm-up steps
+        def timed(batches, n_loss_tokens):   # time from one step's start to the next, skipping warm-up steps
             times.append(time.perf_counter())
-            return original(step)
-        run.step_batches = timed_batches
+            return original(batches, n_loss_tokens)
+        run.accumulate = timed    # on the main thread: step_batches may run ahead in the prefetch thread
         run.train()
+        sync(device)
+        times.append(time.perf_counter())
         run.close()
     steady = times[2:]
     step_s = (steady[-1] - steady[0]) / (len(steady) - 1)

@@ -13,8 +13,8 @@ not fit in what is left of --budget_s is "skipped". The sections:
 2. correctness: one training step compiled against eager (loss and gradient agreement, all
    finite); KV-cache decoding logits against a full forward, in fp32 and bf16.
 3. real_loop: pretrain.py's loop (--model default) on a synthetic corpus of ≈ 8 M tokens built
-   here: 25 compiled steps at two batch sizes and 10 eager steps; tokens/s, MFU, time to the first
-   step, graphs compiled, peak memory.
+   here: 25 compiled steps at two batch sizes, 10 at --batch_size auto and 10 eager steps; tokens/s,
+   MFU, time to the first step, graphs compiled, peak memory.
 4. sft_varying_lengths: SFT on the demo's conversations, compiled: graphs and steady step time.
 5. bench: scripts/bench.py's training section (XiaoXin and HF LlamaForCausalLM, eager and
    compiled) at the default size.
@@ -200,13 +200,14 @@ def timed_run(stage: str, argv: list[str], device) -> dict:
     cfg, _ = trainer.parse_args(stage, argv)
     run = trainer.Trainer(cfg)
     marks = []
-    original = run.step_batches
+    original = run.accumulate
 
-    def marked(step):
-        sync(device)
+    def marked(batches, n_loss_tokens):   # each step's start, on the main thread (batches may come prefetched)
+        if len(marks) < 3:
+            sync(device)   # setup and the first two steps timed alone; then no sync, as in a real run
         marks.append(time.perf_counter())
-        return original(step)
-    run.step_batches = marked
+        return original(batches, n_loss_tokens)
+    run.accumulate = marked
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t = time.perf_counter()
@@ -217,12 +218,16 @@ def timed_run(stage: str, argv: list[str], device) -> dict:
     finally:
         run.close()
     steps = [b - a for a, b in zip(marks, marks[1:])]
-    steady = statistics.median(steps[2:]) if len(steps) > 2 else steps[-1]
+    # Steady: the mean step from the third step's start to the end, which is synchronised (a step's
+    # mark without a sync is when its work was queued, not when it ran).
+    steady = (marks[-1] - marks[2]) / (len(marks) - 3) if len(marks) > 3 else steps[-1]
+    cfg = run.cfg          # --batch_size auto resolved
     tokens = cfg.batch_size * cfg.accumulation_steps * cfg.max_seq_len
     tok_s = tokens / steady
     peak, _ = trainer.peak_flops(run.device)
     flops = training_flops_per_token(run.model_config, cfg.max_seq_len)
-    return {"batch_size": cfg.batch_size, "seq_len": cfg.max_seq_len, "steps": len(steps),
+    return {"batch_size": cfg.batch_size, "accumulation_steps": cfg.accumulation_steps, "seq_len": cfg.max_seq_len,
+            "steps": len(steps),
             "compiled": isinstance(run.forward_loss, CompileOrEager),
             "compiled_graphs": results.get("compiled_graphs"), "time_to_first_step_s": marks[1] - t,   # setup + step 1
             "first_step_s": steps[0], "steady_step_s": steady, "tokens_per_s": tok_s,
@@ -258,6 +263,11 @@ def real_loop(device, args) -> dict:
         result["runs"][f"compiled_b{batch}"] = timed_run("pretrain", stage_args(
             out / f"c{batch}", device, model, corpus, batch_size=batch, max_seq_len=seq, max_steps=compiled_steps,
             compile="on"), device)
+    # --batch_size auto: the largest micro-batch that fits, within 32 × 8 = 256 sequences per step
+    # (the pretrain stage's) on the GPU; the CPU keeps the stage's 32 (no memory probe there).
+    result["runs"]["compiled_auto"] = timed_run("pretrain", stage_args(
+        out / "auto", device, model, corpus, batch_size="auto", accumulation_steps=1 if q else 8, max_seq_len=seq,
+        max_steps=compiled_steps if q else 10, compile="on"), device)
     result["runs"][f"eager_b{sizes[0]}"] = timed_run("pretrain", stage_args(
         out / "eager", device, model, corpus, batch_size=sizes[0], max_seq_len=seq, max_steps=eager_steps,
         compile="off"), device)
