@@ -23,6 +23,14 @@ from checkpoint import (UserError, expected_config, find_stage_checkpoint, is_re
 from dataset import render_chat
 
 
+class PromptTooLong(ValueError):
+    """The newest message (with the system prompt) does not fit the prompt budget alone."""
+
+    def __init__(self, tokens: int, budget: int, exact: bool):
+        super().__init__(f"the newest message takes {'' if exact else 'at least '}{tokens} tokens; {budget} fit")
+        self.tokens, self.budget, self.exact = tokens, budget, exact
+
+
 class Chat:
     """A loaded model + tokenizer that turns a message list into a streamed reply."""
 
@@ -41,18 +49,69 @@ class Chat:
         self.reasoning = is_reasoning_stage(self.stage)     # replies are <think>…</think><answer>…</answer>
         self.max_len = model.config.max_seq_len
         self.eos = [self.tok.im_end_id, self.tok.pad_id]
+        # The most characters one token can stand for: a text of C characters is at least
+        # C / max_token_chars tokens, which lets an over-long message be refused untokenized.
+        # (A byte-level token's vocabulary string has one character per byte it stands for, and a
+        # character is at least one byte.)
+        self.max_token_chars = max(len(t) for t in self.tok.tokenizer.get_vocab(with_added_tokens=True))
+        self.generation_prompt_tokens = len(self.tok.encode(render_chat([], add_generation_prompt=True)[0]))
+
+    def prompt_budget(self, max_new_tokens: int) -> int:
+        """How many prompt tokens leave room for a reply of max_new_tokens (at most half the context)."""
+        return self.max_len - min(max_new_tokens, self.max_len // 2)
+
+    def kept_messages(self, messages, max_new_tokens: int) -> list[dict]:
+        """The system prompt (if any) and the newest history that fits the prompt budget, dropping
+        the oldest turns two messages at a time (the last drop may take one). Raises PromptTooLong
+        when even the newest message (with the system prompt) does not fit.
+
+        Linear in the history it keeps: each message's ChatML block is tokenized once, newest first,
+        and the walk stops at the first message that no longer fits. The blocks tokenize
+        independently (each starts with the special <|im_start|> and ends with a newline, its own
+        token), so their counts add up to the whole prompt's (tested). A block longer than
+        max_token_chars × budget characters cannot fit and is never tokenized at all."""
+        budget = self.prompt_budget(max_new_tokens)
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        rest = messages[len(system):]
+        head = self.block_tokens(system, budget) + self.generation_prompt_tokens
+        room = budget - head
+        suffix, fits_from = 0, None           # fits_from: the smallest start index whose suffix fits
+        for start in range(len(rest) - 1, -1, -1):
+            suffix += self.block_tokens(rest[start:start + 1], room - suffix)
+            if suffix > room:
+                break
+            fits_from = start
+        if fits_from is None:
+            if not rest and head <= budget:
+                return system
+            newest = self.block_tokens(rest[-1:], budget)
+            exact = all(len(render_chat([m])[0]) <= self.max_token_chars * budget for m in system + rest[-1:])
+            raise PromptTooLong(head + newest, budget, exact)
+        # The old rule drops pairs from the front: the suffixes tried start at 0, 2, 4, … and, last, n-1.
+        n = len(rest)
+        start = next(k for k in list(range(0, n - 1, 2)) + [n - 1] if k >= fits_from)
+        return system + rest[start:]
+
+    def block_tokens(self, messages, limit: int) -> int:
+        """Tokens of these messages' ChatML blocks; any number above `limit` when their text is too
+        long to fit in `limit` tokens whatever it says (then it is not tokenized)."""
+        if not messages:
+            return 0
+        text = render_chat(messages)[0]
+        if len(text) > self.max_token_chars * max(limit, 0):
+            return max(limit, 0) + len(text) // self.max_token_chars + 1
+        return len(self.tok.encode(text))
 
     def prompt_ids(self, messages, max_new_tokens: int) -> list[int]:
         """Render the conversation, dropping the oldest turns (never the system prompt or the
         newest user message) until the prompt leaves room for a reply."""
-        budget = self.max_len - min(max_new_tokens, self.max_len // 2)
-        system = [m for m in messages[:1] if m["role"] == "system"]
-        rest = messages[len(system):]
-        while True:
-            ids = self.tok.encode(render_chat(system + rest, add_generation_prompt=True)[0])
-            if len(ids) <= budget or len(rest) <= 1:
-                return ids[-budget:]          # a single over-long message keeps its end
-            rest = rest[2:] if len(rest) > 2 else rest[-1:]
+        budget = self.prompt_budget(max_new_tokens)
+        try:
+            kept = self.kept_messages(messages, max_new_tokens)
+        except PromptTooLong:
+            kept = [m for m in messages[:1] if m["role"] == "system"][:len(messages) - 1] + messages[-1:]
+        ids = self.tok.encode(render_chat(kept, add_generation_prompt=True)[0])
+        return ids[-budget:]                  # a single over-long message keeps its end
 
     def stream(self, messages, max_new_tokens=Config.GENERATION["max_new_tokens"], **sampling):
         """Yield text pieces as they are decoded; the final <|im_end|> is not yielded."""

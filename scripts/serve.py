@@ -18,13 +18,27 @@ Config.STAGES, e.g. distill) <think> part comes back apart, as
 `reasoning_content` (also in streamed deltas), and its answer as `content`, however many tags it emits.
 
 One reply is generated at a time, on a worker thread, so the event loop keeps accepting
-requests and answering /v1/models while a reply is being written. The server has no
-authentication: it binds 127.0.0.1 unless --host says otherwise.
+requests and answering /v1/models while a reply is being written; a client that leaves, streamed
+or not, stops its generation at the next token (or before it starts, while queued).
+
+Access: the server binds 127.0.0.1 unless --host says otherwise. With --api_key KEY (or the
+XIAOXIN_API_KEY environment variable) every /v1 request needs `Authorization: Bearer KEY`, as
+OpenAI's API does (401 without it; the chat page asks for the key). Requests whose Host header is
+not an allowed name are refused (400): bound to loopback, only localhost, 127.0.0.1 and [::1],
+which stops DNS-rebinding pages; --allowed_hosts adds names. A browser request from another
+origin (another site, or another port) to /v1 is refused (403) unless --cors_origin allows it.
+
+Limits, checked before any tokenizing: a body over --max_request_bytes is a 413, more than
+--max_messages messages a 400; sampling values that would overflow (temperature between 0 and
+0.001, repetition_penalty outside 0.01–100) and JSON nested too deeply are 400s.
 """
 import argparse
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
+import os
 import socket
 import sys
 import threading
@@ -41,18 +55,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.applications import Starlette  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import FileResponse, JSONResponse, StreamingResponse  # noqa: E402
+from starlette.datastructures import Headers  # noqa: E402
+from starlette.requests import ClientDisconnect, Request  # noqa: E402
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse  # noqa: E402
 from starlette.routing import Mount, Route  # noqa: E402
 from starlette.staticfiles import StaticFiles  # noqa: E402
 
 import Config  # noqa: E402
 from dataset import render_chat  # noqa: E402
 from checkpoint import UserError, run_cli  # noqa: E402
-from eval_model import TAGS, Chat, add_checkpoint_args, held_tag_start, open_chat  # noqa: E402
+from eval_model import TAGS, Chat, PromptTooLong, add_checkpoint_args, held_tag_start, open_chat  # noqa: E402
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN = "<think>", "</think>", "<answer>"   # of eval_model.TAGS
+
+# Request limits (flags override the first two). A body is read only up to the limit; a larger
+# one is read on and thrown away up to DRAIN_BYTES so that an ordinary client, which sends its
+# whole body before reading the reply, gets the 413 rather than a reset connection.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_MESSAGES = 1000
+DRAIN_BYTES = 128 * 1024 * 1024
+# Sampling values that fp32 logits survive: logits / temperature and the repetition penalty's
+# product or quotient overflow to inf (and softmax to nan) near 1e-38.
+MIN_TEMPERATURE = 1e-3
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+API_KEY_ENV = "XIAOXIN_API_KEY"
 
 
 # ---------------------------------------------------------------- request schema
@@ -113,6 +141,21 @@ class ChatRequest(BaseModel):
     seed: int | None = Field(None, ge=-2**63, lt=2**64)   # what torch.Generator.manual_seed takes
     n: int | None = None
 
+    @field_validator("temperature")
+    @classmethod
+    def not_tiny_temperature(cls, t):
+        if t is not None and 0 < t < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}; smaller values overflow")
+        return t
+
+    @field_validator("repetition_penalty")
+    @classmethod
+    def sane_penalty(cls, p):
+        low, high = REPETITION_PENALTY_RANGE
+        if p is not None and not low <= p <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} (1 = no penalty)")
+        return p
+
     @field_validator("n")
     @classmethod
     def one_choice(cls, n):
@@ -129,13 +172,21 @@ class ChatRequest(BaseModel):
                     repetition_penalty=pick(self.repetition_penalty, g["repetition_penalty"]), seed=self.seed)
 
 
-def parse_request(body: bytes) -> ChatRequest:
+def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> ChatRequest:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise RequestError("The request body is JSON nested too deeply; send a flat JSON object.") from None
+    except (ValueError, UnicodeDecodeError) as e:   # JSONDecodeError, and ints over Python's digit limit
         raise RequestError(f"The request body is not valid JSON ({e}); send a JSON object.") from None
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if isinstance(messages, list) and len(messages) > max_messages:
+        raise RequestError(f"messages holds {len(messages)} messages; this server takes at most {max_messages} "
+                           f"(--max_messages). Send the recent history only.", param="messages")
     try:
         request = ChatRequest.model_validate(data)
+    except RecursionError:
+        raise RequestError("The request body is JSON nested too deeply; send a flat JSON object.") from None
     except ValidationError as e:
         first = e.errors()[0]
         if not first["loc"]:
@@ -149,18 +200,45 @@ def parse_request(body: bytes) -> ChatRequest:
     return request
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with a 413 past `limit` bytes without keeping more than that."""
+    header = request.headers.get("content-length", "")
+    declared = int(header) if header.isdigit() else 0
+    too_big = declared > limit
+    if declared > DRAIN_BYTES:       # not worth reading: answer now and let the connection close
+        raise RequestError(f"The request body is {declared} bytes; this server takes at most {limit} "
+                           f"(--max_request_bytes).", status=413)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                too_big, chunks = True, []
+            if not too_big:
+                chunks.append(chunk)
+            elif size > DRAIN_BYTES:
+                break
+    except ClientDisconnect:
+        raise RequestError("The client closed the connection while sending the request.") from None
+    if too_big:
+        raise RequestError(f"The request body is {'at least ' if size > DRAIN_BYTES else ''}{max(size, declared)} "
+                           f"bytes; this server takes at most {limit} (--max_request_bytes).", status=413)
+    return b"".join(chunks)
+
+
 def prompt_ids(chat: Chat, messages: list[dict], max_new_tokens: int) -> list[int]:
-    """Chat.prompt_ids (oldest history dropped), but a newest message that does not fit alone
-    is an error instead of being cut from the front."""
-    ids = chat.prompt_ids(messages, max_new_tokens)
-    system = messages[:1] if messages[0]["role"] == "system" else []
-    alone = chat.tok.encode(render_chat(system + messages[-1:], add_generation_prompt=True)[0])
-    if len(alone) > len(ids):
-        with_system = " with the system prompt" if system else ""
-        raise RequestError(f"The newest message{with_system} takes {len(alone)} tokens but only {len(ids)} fit in "
+    """Chat.prompt_ids (oldest history dropped, linear in what is kept), but a newest message that
+    does not fit alone is an error instead of being cut from the front."""
+    try:
+        kept = chat.kept_messages(messages, max_new_tokens)
+    except PromptTooLong as e:
+        with_system = " with the system prompt" if messages[0]["role"] == "system" else ""
+        takes = f"{e.tokens}" if e.exact else f"at least {e.tokens}"
+        raise RequestError(f"The newest message{with_system} takes {takes} tokens but only {e.budget} fit in "
                            f"this model's {chat.max_len}-token context next to max_tokens={max_new_tokens}; "
-                           f"shorten it or lower max_tokens.", param="messages")
-    return ids
+                           f"shorten it or lower max_tokens.", param="messages") from None
+    ids = chat.tok.encode(render_chat(kept, add_generation_prompt=True)[0])
+    return ids[-chat.prompt_budget(max_new_tokens):]
 
 
 # ---------------------------------------------------------------- generation
@@ -187,17 +265,19 @@ class Engine:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xiaoxin-generate")
         self.closing = threading.Event()
 
-    async def pieces(self, ids: list[int], stats: Stats, sampling: dict):
+    async def pieces(self, ids: list[int], stats: Stats, sampling: dict, cancelled: threading.Event | None = None):
+        """The reply's text pieces. Setting `cancelled` (or closing this generator) stops the
+        generation at the next token, or before it starts if it is still queued."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
+        closed = threading.Event()
 
         def put(item):
             with contextlib.suppress(RuntimeError):     # the loop is gone: the server stopped
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def stopped():
-            return cancelled.is_set() or self.closing.is_set()
+            return closed.is_set() or self.closing.is_set() or (cancelled is not None and cancelled.is_set())
 
         def work():
             try:
@@ -216,7 +296,7 @@ class Engine:
                     raise item
                 yield item
         finally:
-            cancelled.set()   # a client that disconnects stops its generation at the next token
+            closed.set()   # a client that disconnects stops its generation at the next token
 
     def close(self):
         self.closing.set()
@@ -284,13 +364,16 @@ class ReasoningSplitter:
 # ---------------------------------------------------------------- the app
 
 def error_response(message: str, status: int, param: str | None = None,
-                   kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                   kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                         status_code=status)
 
 
-def create_app(chat: Chat, model_name: str) -> Starlette:
-    """The ASGI app: the OpenAI-compatible API under /v1 and the chat page at /."""
+def create_app(chat: Chat, model_name: str, *, api_key: str | None = None,
+               allowed_hosts=LOOPBACK_NAMES, cors_origins=(), max_request_bytes: int = MAX_REQUEST_BYTES,
+               max_messages: int = MAX_MESSAGES):
+    """The ASGI app: the OpenAI-compatible API under /v1 and the chat page at /, behind the access
+    checks of AccessGuard (allowed_hosts may hold "*" for any host, cors_origins "*" for any origin)."""
     engine = Engine(chat)
     split = chat.reasoning
 
@@ -300,7 +383,7 @@ def create_app(chat: Chat, model_name: str) -> Starlette:
 
     async def completions(request: Request):
         try:
-            body = parse_request(await request.body())
+            body = parse_request(await read_body(request, max_request_bytes), max_messages)
             sampling = body.sampling()
             messages = [m.model_dump() for m in body.messages]
             ids = await run_in_threadpool(prompt_ids, chat, messages, sampling["max_new_tokens"])
@@ -308,19 +391,27 @@ def create_app(chat: Chat, model_name: str) -> Starlette:
             return error_response(e.message, e.status, e.param)
         meta = dict(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model or model_name)
         stats = Stats(len(ids))
-        pieces = engine.pieces(ids, stats, sampling)
         if body.stream:
+            # StreamingResponse closes the generator when the client leaves, which stops the generation.
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(sse_events(pieces, stats, meta, split, include_usage),
+            return StreamingResponse(sse_events(engine.pieces(ids, stats, sampling), stats, meta, split, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # Nothing is sent until the reply is whole, so watch the connection: a client that leaves
+        # frees the generation worker at the next token instead of when the reply would be done.
+        left = threading.Event()
+        watcher = asyncio.create_task(set_on_disconnect(request, left))
         parts = {"reasoning_content": [], "content": []}
         try:
-            async with contextlib.aclosing(deltas(pieces, split)) as reply:
+            async with contextlib.aclosing(deltas(engine.pieces(ids, stats, sampling, left), split)) as reply:
                 async for field, text in reply:
                     parts[field].append(text)
         except Exception as e:
             return error_response(f"Generation failed: {e}", 500, kind="server_error")
+        finally:
+            watcher.cancel()
+        if left.is_set():
+            return error_response("The client closed the connection before the reply was ready.", 499)
         message = {"role": "assistant", "content": "".join(parts["content"])}
         if split:
             message["reasoning_content"] = "".join(parts["reasoning_content"])
@@ -347,8 +438,93 @@ def create_app(chat: Chat, model_name: str) -> Starlette:
     routes = [Route("/", index), Route("/v1/models", models),
               Route("/v1/chat/completions", completions, methods=["POST"]),
               Mount("/static", StaticFiles(directory=WEB_DIR), name="static")]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error, Exception: server_error})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
+    return AccessGuard(app, api_key=api_key, allowed_hosts=allowed_hosts, cors_origins=cors_origins)
+
+
+async def set_on_disconnect(request: Request, left: threading.Event):
+    """Set `left` when the client disconnects (the body has been read, so the next ASGI message
+    is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    left.set()
+
+
+class AccessGuard:
+    """ASGI middleware in front of the app, refusing before any work is done:
+
+    - a Host header that is not an allowed name (400): a page on evil.example whose DNS name is
+      rebound to 127.0.0.1 sends `Host: evil.example`, so it can neither post nor read replies;
+    - on /v1, a browser request from another origin (403) unless cors_origins allows it, in which
+      case preflights are answered and replies carry Access-Control-Allow-Origin. Browsers send
+      Origin with every cross-origin fetch and form post (Sec-Fetch-Site where they omit it);
+      clients that are not browsers send neither;
+    - on /v1, with an api_key, a missing or wrong `Authorization: Bearer` (401), compared in
+      constant time. The page and its static files need no key: they hold no secret."""
+
+    def __init__(self, app, api_key=None, allowed_hosts=LOOPBACK_NAMES, cors_origins=()):
+        self.app, self.api_key = app, api_key or None
+        self.any_host = "*" in allowed_hosts
+        self.allowed_hosts = {h.lower().strip("[]") for h in allowed_hosts}
+        self.any_origin = "*" in cors_origins
+        self.cors_origins = {o.rstrip("/").lower() for o in cors_origins}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        host = headers.get("host", "").lower()
+        if not self.any_host and host_name(host) not in self.allowed_hosts:
+            return await error_response(f"Host {host or '(none)'!r} is not served here; start the server with "
+                                        f"--allowed_hosts {host_name(host) or 'NAME'} to allow it.",
+                                        400)(scope, receive, send)
+        if not scope["path"].startswith("/v1"):
+            return await self.app(scope, receive, send)
+        origin = headers.get("origin", "").rstrip("/").lower()
+        cross = (origin not in ("", f"http://{host}", f"https://{host}") if origin else
+                 headers.get("sec-fetch-site") in ("cross-site", "same-site"))
+        allowed_origin = cross and origin and (self.any_origin or origin in self.cors_origins)
+        if cross and not allowed_origin:
+            return await error_response(f"Cross-origin requests from {origin or 'another site'} are refused; start "
+                                        f"the server with --cors_origin {origin or 'ORIGIN'} to allow them.",
+                                        403)(scope, receive, send)
+        cors = {}
+        if allowed_origin:
+            cors = {"access-control-allow-origin": "*" if self.any_origin else origin, "vary": "Origin"}
+            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                return await Response(status_code=204, headers={
+                    **cors, "access-control-allow-methods": "GET, POST, OPTIONS",
+                    "access-control-allow-headers": "Authorization, Content-Type",
+                    "access-control-max-age": "600"})(scope, receive, send)
+        if self.api_key and not self.key_matches(headers.get("authorization", "")):
+            response = error_response("Incorrect or missing API key: send the header "
+                                      "'Authorization: Bearer <key>' with the server's --api_key.", 401,
+                                      kind="invalid_request_error", code="invalid_api_key")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            response.headers.update(cors)
+            return await response(scope, receive, send)
+        if not cors:
+            return await self.app(scope, receive, send)
+
+        async def send_with_cors(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) +
+                           [(k.encode(), v.encode()) for k, v in cors.items()]}
+            await send(message)
+        return await self.app(scope, receive, send_with_cors)
+
+    def key_matches(self, authorization: str) -> bool:
+        scheme, _, key = authorization.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.api_key.encode())
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port or IPv6 brackets."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    name, _, port = host.rpartition(":")
+    return name if name and port.isdigit() else host
 
 
 async def deltas(pieces, split: bool):
@@ -440,9 +616,21 @@ class BackgroundServer:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; the API has no authentication")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served_model_name", default=None, help="the id /v1/models lists (default: xiaoxin-<stage>)")
+    p.add_argument("--api_key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV}, else no key)")
+    p.add_argument("--allowed_hosts", default="",
+                   help="comma-separated Host names to answer besides localhost, 127.0.0.1 and [::1], or * for "
+                        "any (default: loopback names when bound to loopback, any host otherwise)")
+    p.add_argument("--cors_origin", action="append", default=[],
+                   help="a browser origin (scheme://host:port) allowed to call /v1 from its pages; repeat for "
+                        "more, * for any (default: same origin only)")
+    p.add_argument("--max_request_bytes", type=int, default=MAX_REQUEST_BYTES,
+                   help=f"largest request body (default {MAX_REQUEST_BYTES}); larger ones get 413")
+    p.add_argument("--max_messages", type=int, default=MAX_MESSAGES,
+                   help=f"most messages in one request (default {MAX_MESSAGES}); more get 400")
     return p.parse_args(argv)
 
 
@@ -450,9 +638,40 @@ def main(argv=None) -> int:
     return run_cli(parse_args, serve, argv)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def access_settings(args) -> dict:
+    """create_app's access keywords from the flags (and XIAOXIN_API_KEY)."""
+    for flag in ("max_request_bytes", "max_messages"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} {getattr(args, flag)} must be at least 1.")
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    extra = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    if any(h != "*" and ("/" in h or h.count(":") == 1) for h in extra):
+        raise UserError(f"--allowed_hosts {args.allowed_hosts!r} must list host names (no scheme, no port), "
+                        f"e.g. --allowed_hosts myserver.lan,192.168.1.5.")
+    if extra:
+        hosts = LOOPBACK_NAMES + tuple(extra)
+    else:       # bound to a public address, the server cannot know its names; warn instead
+        hosts = LOOPBACK_NAMES if is_loopback(args.host) else ("*",)
+    origins = tuple(o.strip() for o in args.cors_origin if o.strip())
+    if any(o != "*" and "://" not in o for o in origins):
+        raise UserError(f"--cors_origin values must be origins like http://localhost:3000 (or *); got {origins}.")
+    return dict(api_key=api_key or None, allowed_hosts=hosts, cors_origins=origins,
+                max_request_bytes=args.max_request_bytes, max_messages=args.max_messages)
+
+
 def serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is out of range; use 1-65535 (or 0 for any free port).")
+    access = access_settings(args)
     sock = bind_socket(args.host, args.port)
     chat, checkpoint = open_chat(args)
     name = args.served_model_name or f"xiaoxin-{chat.stage or 'model'}"
@@ -460,12 +679,14 @@ def serve(args) -> int:
     url = f"http://{host}:{sock.getsockname()[1]}"
     print(f"loaded {checkpoint} (stage {chat.stage}) on {chat.device}; serving it as {name!r}", file=sys.stderr)
     print(f"chat page: {url}/   OpenAI API: {url}/v1   (Ctrl+C stops)", file=sys.stderr)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"note: listening on {args.host}, reachable from other machines, with no authentication.",
-              file=sys.stderr)
+    print(f"API key: {'required' if access['api_key'] else 'none'}; hosts: {', '.join(access['allowed_hosts'])}; "
+          f"cross-origin: {', '.join(access['cors_origins']) or 'refused'}", file=sys.stderr)
+    if not is_loopback(args.host) and not access["api_key"]:
+        print(f"note: listening on {args.host}, reachable from other machines, with no API key "
+              f"(--api_key or ${API_KEY_ENV} sets one).", file=sys.stderr)
     # On Ctrl+C, replies still being written get a few seconds, then are cut off.
-    uvicorn.Server(uvicorn.Config(create_app(chat, name), log_level="info", timeout_graceful_shutdown=3)).run(
-        sockets=[sock])
+    uvicorn.Server(uvicorn.Config(create_app(chat, name, **access), log_level="info",
+                                  timeout_graceful_shutdown=3)).run(sockets=[sock])
     return 0
 
 
