@@ -154,3 +154,29 @@ def test_thinking_streams_into_a_collapsible_block(page, trained, monkeypatch):
     assert message.locator(".reasoning").evaluate("d => d.open") is False   # folded once the answer began
     message.locator(".reasoning summary").click()
     assert message.locator(".reasoning-text").is_visible()                  # and opens again on a click
+
+
+def test_the_page_works_with_an_api_key(page, sft_chat, monkeypatch):
+    """A server started with --api_key: the page asks for the key, keeps it, and sends it as a
+    Bearer token with every request (models list and chat)."""
+    def generate(x, max_new_tokens, **sampling):
+        yield from sft_chat.tok.encode("钥匙对了。")[:max_new_tokens]
+    monkeypatch.setattr(sft_chat.model, "generate", generate)
+    with serve.BackgroundServer(serve.create_app(sft_chat, "xiaoxin-keyed", api_key="s3cret")) as server:
+        page.goto(server.url)
+        page.fill("#prompt", "你好")
+        page.click("#send")
+        assert wait_done(page, 0) == "error"                              # no key yet: 401, shown
+        assert "API key" in assistant(page, 0).locator(".content").text_content()
+        assert page.locator("#api_key").is_visible()                       # the settings opened on it
+        page.fill("#api_key", "s3cret")
+        page.dispatch_event("#api_key", "change")
+        page.wait_for_function("document.getElementById('model-name').textContent === 'xiaoxin-keyed'")
+        page.fill("#prompt", "你好")
+        with page.expect_request("**/v1/chat/completions") as request:
+            page.click("#send")
+        assert request.value.headers["authorization"] == "Bearer s3cret"
+        assert wait_done(page, 1) == "done"
+        assert assistant(page, 1).locator(".content").text_content() == "钥匙对了。"
+        page.reload()                                                      # the key is remembered
+        page.wait_for_function("document.getElementById('model-name').textContent === 'xiaoxin-keyed'")

@@ -9,13 +9,38 @@ let modelName = "xiaoxin";
 let controller = null;     // aborts the reply being streamed
 let conversation = 0;      // bumped by "新对话", so a reply cut off by it is not added back
 
-fetch("/v1/models")
-  .then((response) => response.json())
-  .then((list) => {
-    modelName = list.data[0].id;
-    $("model-name").textContent = modelName;
-  })
-  .catch(() => {});
+// A server started with --api_key wants "Authorization: Bearer <key>" on every /v1 request:
+// the key is typed once under 参数 and kept in this browser's localStorage.
+const KEY_STORE = "xiaoxin.api_key";
+$("api_key").value = localStorage.getItem(KEY_STORE) || "";
+$("api_key").addEventListener("change", () => {
+  localStorage.setItem(KEY_STORE, $("api_key").value.trim());
+  loadModelName();
+});
+
+function apiHeaders(extra = {}) {
+  const key = $("api_key").value.trim();
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
+
+function askForKey() {
+  $("settings").open = true;
+  $("api_key").focus();
+}
+
+function loadModelName() {
+  fetch("/v1/models", { headers: apiHeaders() })
+    .then((response) => {
+      if (response.status === 401) askForKey();
+      return response.json();
+    })
+    .then((list) => {
+      modelName = list.data[0].id;
+      $("model-name").textContent = modelName;
+    })
+    .catch(() => {});
+}
+loadModelName();
 
 function scrollToEnd() {
   window.scrollTo(0, document.body.scrollHeight);
@@ -113,10 +138,14 @@ async function send(text) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: apiHeaders({ "Content-Type": "application/json" }),
       body: JSON.stringify(requestBody()),
       signal: controller.signal,
     });
+    if (response.status === 401) {
+      askForKey();
+      throw new Error(`${await errorMessage(response)}（在「参数」里填写 API key）`);
+    }
     if (!response.ok) throw new Error(await errorMessage(response));
     for await (const event of serverEvents(response.body)) {
       if (event.error) throw new Error(event.error.message);
