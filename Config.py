@@ -152,7 +152,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
     "sft": Stage(
         script="SFT.py", log_name="SFT", data_kind="sft", starts_from=("pretrain",),
         loss="losses.cross_entropy",
-        about="chat model after supervised fine-tuning on 512-token conversations",
+        about="chat model after supervised fine-tuning on conversations",
         train=TrainConfig(data_path="dataset/sft_512.jsonl", epochs=2, batch_size=32, learning_rate=2e-4,
                           accumulation_steps=2, max_seq_len=512, warmup_iters=100),
         demo=dict(data_path="data/demo/sft_512.jsonl", val_path="data/demo/sft_512_val.jsonl", model="small",
@@ -161,7 +161,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
     "sft_long": Stage(
         script="SFT_long.py", log_name="SFT_long", data_kind="sft", starts_from=("sft", "pretrain"),
         loss="losses.cross_entropy",
-        about="chat model after supervised fine-tuning on conversations up to 1024 tokens",
+        about="chat model after supervised fine-tuning on long conversations",
         train=TrainConfig(data_path="dataset/sft_1024.jsonl", epochs=1, batch_size=16, learning_rate=1e-4,
                           accumulation_steps=4, max_seq_len=1024, warmup_iters=50),
         demo=dict(data_path="data/demo/sft_1024.jsonl", val_path="data/demo/sft_1024_val.jsonl", model="small",

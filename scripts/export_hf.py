@@ -18,10 +18,15 @@ the tokenizer files with the ChatML chat template, and a README.md model card. B
 folder is moved into place, the export is loaded back with transformers and its logits are
 compared with XiaoXin's (skip with --skip_verify).
 
+config.json carries RoPE θ both in transformers 5's `rope_parameters` and in the legacy
+top-level `rope_theta` / `rope_scaling` that transformers 4.x (and readers that follow its
+layout) read: without them 4.x silently uses θ = 10,000.
+
 llama.cpp: convert_hf_to_gguf.py identifies a BPE pre-tokenizer by the sha256 of the token
 ids of a fixed probe text, so no newly trained vocabulary is recognised out of the box. The
-model card prints that hash for this tokenizer and the one line the converter needs
-(XiaoXin's pre-tokenizer behaves exactly like its existing "smollm" entry).
+model card prints that hash for this tokenizer and the 3-line block the converter needs
+(XiaoXin's pre-tokenizer behaves exactly like its existing "smollm" entry), with copy-paste
+steps; the folder's `Modelfile` imports the converted GGUF into Ollama with the ChatML template.
 """
 import argparse
 import hashlib
@@ -53,6 +58,12 @@ LLAMA_CPP_PROBE = (
     "I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
 )
 LLAMA_CPP_PRE = "smollm"   # Digits(individual) then the GPT-2 byte-level regex: XiaoXin's pre-tokenizer
+
+# Ollama's TEMPLATE (Go text/template): each message as ChatML, then the assistant's header, so
+# it renders exactly what render_chat(messages, add_generation_prompt=True) and the tokenizer's
+# chat template render (tested).
+OLLAMA_TEMPLATE = ("{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+                   "<|im_start|>assistant\n")
 
 
 def parse_args(argv):
@@ -121,6 +132,59 @@ def llama_cpp_hash(directory: Path) -> str:
     return hashlib.sha256(str(ids).encode()).hexdigest()
 
 
+def write_legacy_rope_keys(config_file: Path, rope_theta: float):
+    """Add the top-level rope_theta / rope_scaling that transformers 4.x reads (it ignores
+    rope_parameters and would fall back to θ = 10,000); transformers 5 reads either layout."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["rope_theta"] = float(rope_theta)
+    config["rope_scaling"] = None
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def ollama_modelfile(gguf_name: str, gen: dict, context: int) -> str:
+    """An Ollama Modelfile for the GGUF that llama.cpp's converter writes from this folder."""
+    params = [("stop", '"<|im_end|>"'), ("num_ctx", context)]
+    if gen.get("do_sample"):
+        params += [("temperature", gen["temperature"]), ("top_p", gen["top_p"])]
+        if gen.get("top_k"):
+            params.append(("top_k", gen["top_k"]))
+    else:
+        params.append(("temperature", 0))
+    params += [("repeat_penalty", gen["repetition_penalty"]), ("num_predict", gen["max_new_tokens"])]
+    lines = [f"# ollama create xiaoxin -f Modelfile   (after converting this folder to {gguf_name})",
+             f"FROM ./{gguf_name}", f'TEMPLATE """{OLLAMA_TEMPLATE}"""']
+    return "\n".join(lines + [f"PARAMETER {k} {v}" for k, v in params]) + "\n"
+
+
+def training_record(ckpt_path: Path) -> dict | None:
+    """The stage's training record (<stage>.json beside <stage>.pt), if it was kept."""
+    try:
+        return json.loads(ckpt_path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def training_line(ckpt_path: Path, context: int) -> str:
+    """What the checkpoint's own record says it was trained on, for the model card."""
+    record = training_record(ckpt_path) or {}
+    train = record.get("train_config") or {}
+    name = ckpt_path.with_suffix(".json").name
+    if "max_seq_len" not in train:
+        return (f"No training record (`{name}`) was found beside the checkpoint, so the sequence length this "
+                f"stage trained on is not known; the model's context is {context} tokens.")
+    results = record.get("results") or {}
+    data = f"`{Path(train['data_path']).name}`" if train.get("data_path") else "the generated reasoning curriculum"
+    done = []
+    if results.get("steps"):
+        done.append(f"{results['steps']:,} optimiser steps")
+    computed = (results.get("tokens") or {}).get("computed")
+    if computed:
+        done.append(f"{computed:,} tokens")
+    return (f"This stage trained on {data}{' (' + ', '.join(done) + ')' if done else ''} with sequences of at "
+            f"most {train['max_seq_len']} tokens, as its training record `{name}` says; the model's context "
+            f"is {context} tokens.")
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -137,6 +201,9 @@ def model_card(name: str, stage: str, model, ckpt_path: Path, tok, dtype: str, c
     reasoning_note = ("This model writes `<think>…</think>` before `<answer>…</answer>`; both tags are "
                       "ordinary tokens and survive `skip_special_tokens=True`.") if is_reasoning_stage(stage) else ""
     about = Config.STAGES[stage].about if stage in Config.STAGES else f"model from the {stage} stage"
+    train = (training_record(ckpt_path) or {}).get("train_config") or {}
+    trained_len = f"{train['max_seq_len']} tokens" if "max_seq_len" in train else "an unrecorded length"
+    gguf = f"{name}.gguf"
     return f"""---
 language:
 - zh
@@ -152,12 +219,13 @@ tags:
 XiaoXin (小新) {stage} checkpoint: a {n_params / 1e6:.1f}M-parameter LLaMA-architecture
 {about}. Trained from scratch with the XiaoXin code base; exported by
 `scripts/export_hf.py` as a plain `LlamaForCausalLM`, so it needs no custom code.
+{training_line(ckpt_path, c.max_seq_len)}
 
 | | |
 |---|---|
 | layers / hidden / heads / kv heads | {c.num_hidden_layers} / {c.hidden_size} / {c.num_attention_heads} / {c.num_key_value_heads} |
 | SwiGLU width | {c.intermediate_size} |
-| context | {c.max_seq_len} tokens (RoPE θ = {c.rope_theta:g}) |
+| context | {c.max_seq_len} tokens (RoPE θ = {c.rope_theta:g}); trained on sequences of at most {trained_len} |
 | vocabulary | {c.vocab_size} (byte-level BPE; `<\\|im_end\\|>` = {tok.im_end_id} ends a turn, `<\\|endoftext\\|>` = {tok.pad_id} pads) |
 | tied embeddings | {c.tie_word_embeddings} |
 | weights | {dtype}, `model.safetensors` |
@@ -180,7 +248,7 @@ The chat format is ChatML (`<|im_start|>role\\n…<|im_end|>\\n`), no BOS token 
 system prompt. `generation_config.json` holds the settings XiaoXin's own chat uses: {sampling}.
 {reasoning_note}
 
-## llama.cpp / GGUF
+## llama.cpp / GGUF and Ollama
 
 `convert_hf_to_gguf.py` recognises a BPE pre-tokenizer by the sha256 of the ids its
 fixed probe text encodes to; a newly trained vocabulary is never in its table, so it stops
@@ -190,9 +258,9 @@ with "BPE pre-tokenizer was not recognized". This tokenizer's fingerprint is
 
 XiaoXin's pre-tokenizer (each newline isolated, each digit split off, then the GPT-2
 byte-level regex; no merge spans a newline) tokenizes exactly like llama.cpp's existing
-`{LLAMA_CPP_PRE}` pre-tokenizer (`\\p{{N}}` then the GPT-2 regex), so the converter only needs
-one more entry in `get_vocab_base_pre()` (or the same hash under `pre_computed_hashes` in
-`convert_hf_to_gguf_update.py`):
+`{LLAMA_CPP_PRE}` pre-tokenizer (`\\p{{N}}` then the GPT-2 regex), so the converter needs one
+3-line block in `get_vocab_base_pre()`, which now lives in `conversion/base.py` (older
+checkouts: `convert_hf_to_gguf.py`), placed before its `if res is None:`:
 
 ```python
         if chkhsh == "{chkhsh}":
@@ -200,12 +268,39 @@ one more entry in `get_vocab_base_pre()` (or the same hash under `pre_computed_h
             res = "{LLAMA_CPP_PRE}"
 ```
 
+Copy-paste steps, run in the folder that holds this export (`{name}/`):
+
+```bash
+git clone --depth 1 https://github.com/ggml-org/llama.cpp
+pip install sentencepiece     # without it the converter dies before it reaches the tokenizer
+python - <<'EOF'              # adds the 3-line block above
+from pathlib import Path
+f = next(p for p in (Path("llama.cpp/conversion/base.py"), Path("llama.cpp/convert_hf_to_gguf.py")) if p.is_file())
+src = f.read_text(encoding="utf-8")
+block = '        if chkhsh == "{chkhsh}":\\n            # ref: XiaoXin (this export)\\n            res = "{LLAMA_CPP_PRE}"\\n'
+at = src.index("        if res is None:", src.index("def get_vocab_base_pre("))
+f.write_text(src if block in src else src[:at] + block + src[at:], encoding="utf-8")
+EOF
+python llama.cpp/convert_hf_to_gguf.py {name} --outtype f32 --outfile {name}/{gguf}
+cmake -S llama.cpp -B llama.cpp/build && cmake --build llama.cpp/build -j --target llama-cli llama-tokenize
+llama.cpp/build/bin/llama-tokenize -m {name}/{gguf} -p "你好，1314" --ids     # the ids AutoTokenizer gives
+llama.cpp/build/bin/llama-cli -m {name}/{gguf} -cnv
+```
+
 If your converter prints a different chkhsh, use the one it prints (it depends only on the
 tokenizer files). The rest needs nothing special: the architecture is `LlamaForCausalLM`
 (GQA, tied embeddings), `<|im_end|>` becomes the GGUF end-of-turn/EOS token, no BOS is
 added (`add_bos_token: false`), and the ChatML chat template is read from
-`tokenizer_config.json`. After converting, `llama-tokenize -m model.gguf -p "…"` should print
-the same ids as `AutoTokenizer` does for the same text.
+`tokenizer_config.json`. `--outtype f16` halves the file.
+
+Ollama: this folder's `Modelfile` points at `./{gguf}` and carries the ChatML template (each
+message as `<|im_start|>role`, newline, content, `<|im_end|>`, newline; then
+`<|im_start|>assistant` and a newline) with `<|im_end|>` as the stop token:
+
+```bash
+ollama create xiaoxin -f {name}/Modelfile
+ollama run xiaoxin "你好"
+```
 
 ## Limitations
 
@@ -258,8 +353,11 @@ def export(args) -> Path:
     try:
         hf = to_hf_model(model, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
         hf.to(getattr(torch, args.dtype)).save_pretrained(str(tmp))
+        write_legacy_rope_keys(tmp / "config.json", model.config.rope_theta)
         gen = generation_config(tok)
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+        (tmp / "Modelfile").write_text(ollama_modelfile(f"{out.name}.gguf", gen, model.config.max_seq_len),
+                                       encoding="utf-8")
         write_tokenizer(tok, tmp, model.config.max_seq_len)
         chkhsh = llama_cpp_hash(tmp)
         (tmp / "README.md").write_text(model_card(out.name, stage, model, ckpt_path, tok, args.dtype, chkhsh, gen),

@@ -2,6 +2,7 @@
 transformers loads and that computes what XiaoXin computes (logits, greedy decoding, chat
 template); it converts back bit for bit; bad input is one sentence and exit code 2."""
 import json
+import os
 import sys
 
 import pytest
@@ -248,3 +249,155 @@ def test_wrong_model_size_and_busy_out_are_one_sentence(trained, exported, tmp_p
                          "--overwrite"])
     assert rc == 2 and "not an earlier export" in one_error_line(capsys)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+# ---------------------------------------------------------------- readers other than transformers 5
+
+def read_like_transformers_4(config: dict) -> tuple[float, object]:
+    """What LlamaConfig of transformers 4.56-4.57 takes from config.json for RoPE: the top-level
+    rope_theta (default 10,000) and rope_scaling; it has no notion of rope_parameters."""
+    return float(config.get("rope_theta", 10000.0)), config.get("rope_scaling")
+
+
+def test_rope_theta_is_written_for_transformers_4_and_5(exported, native):
+    config = json.loads((exported / "config.json").read_text())
+    theta = native.config.rope_theta
+    assert theta != 10000.0                                   # else a reader falling back would look right
+    assert read_like_transformers_4(config) == (theta, None)
+    assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": theta}
+    from transformers import AutoConfig
+    assert AutoConfig.from_pretrained(str(exported)).rope_parameters["rope_theta"] == theta
+
+
+TF4_PYTHON = os.environ.get("XIAOXIN_TF4_PYTHON")
+TF4_SCRIPT = """
+import json, sys, torch, transformers
+from transformers import AutoModelForCausalLM
+assert transformers.__version__.startswith("4."), transformers.__version__
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+ids = torch.tensor(json.loads(sys.argv[2]))
+with torch.no_grad():
+    logits = model(ids).logits
+print(json.dumps({"version": transformers.__version__, "theta": model.config.rope_theta, "logits": logits.tolist()}))
+"""
+
+
+@pytest.mark.skipif(not TF4_PYTHON, reason="set XIAOXIN_TF4_PYTHON to a python with transformers 4.x "
+                                           "(e.g. a venv with pip install 'transformers==4.57.1')")
+def test_transformers_4_round_trip(exported, native, tokenizer):
+    """Slow, opt-in: a real transformers 4.x, in its own interpreter, loads the export and computes
+    XiaoXin's logits. Without the legacy keys it used θ = 10,000 and the logits parted by up to 1.31."""
+    import subprocess
+    ids = [tokenizer.encode(render_chat(CONVERSATIONS[1], True)[0])]
+    done = subprocess.run([TF4_PYTHON, "-c", TF4_SCRIPT, str(exported), json.dumps(ids)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["theta"] == native.config.rope_theta
+    with torch.no_grad():
+        ours = native(torch.tensor(ids)).logits
+    assert (ours - torch.tensor(result["logits"])).abs().max().item() <= 1e-4
+
+
+def render_go_template(template: str, data: dict) -> str:
+    """The subset of Go's text/template that Ollama templates of this kind use: literal text,
+    {{ .Field }}, {{ range .List }}…{{ end }}, and the {{- / -}} whitespace trims."""
+    import re
+    pieces = re.split(r"({{-?\s*.*?\s*-?}})", template)
+    # apply trims to the neighbouring text, as text/template does
+    for i, piece in enumerate(pieces):
+        if piece.startswith("{{-") and i > 0:
+            pieces[i - 1] = pieces[i - 1].rstrip()
+        if piece.endswith("-}}") and i + 1 < len(pieces):
+            pieces[i + 1] = pieces[i + 1].lstrip()
+
+    def run(start: int, scope: dict, out: list) -> int:
+        i = start
+        while i < len(pieces):
+            piece = pieces[i]
+            action = re.fullmatch(r"{{-?\s*(.*?)\s*-?}}", piece)
+            if not action:
+                out.append(piece)
+            elif action.group(1) == "end":
+                return i
+            elif action.group(1).startswith("range "):
+                items = scope[action.group(1).split()[1].lstrip(".")]
+                end = i
+                for item in items:
+                    end = run(i + 1, item, out)
+                if not items:
+                    end = run(i + 1, {}, [])
+                i = end
+            else:
+                out.append(str(scope[action.group(1).lstrip(".")]))
+            i += 1
+        return i
+    out = []
+    run(0, data, out)
+    return "".join(out)
+
+
+def modelfile_template(modelfile: str) -> str:
+    import re
+    return re.search(r'^TEMPLATE """(.*?)"""$', modelfile, flags=re.S | re.M).group(1)
+
+
+def test_ollama_modelfile_renders_like_the_chat_template(exported):
+    from transformers import AutoTokenizer
+    modelfile = (exported / "Modelfile").read_text(encoding="utf-8")
+    assert "FROM ./xiaoxin-distill.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    template = modelfile_template(modelfile)
+    assert render_go_template("a{{ .X }} {{- range .L }}[{{ .Y }}]{{ end -}} b", {"X": 1, "L": [{"Y": 2}]}) == "a1[2]b"
+    hf_tok = AutoTokenizer.from_pretrained(str(exported))
+    for messages in CONVERSATIONS + [[{"role": "user", "content": "  {{ .Content }} 多行\n\n内容  "}]]:
+        rendered = render_go_template(template, {"Messages": [{"Role": m["role"], "Content": m["content"]}
+                                                               for m in messages]})
+        assert rendered == render_chat(messages, add_generation_prompt=True)[0]
+        assert rendered == hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def test_model_card_states_the_recorded_training_length(trained, exported, tmp_path):
+    card = (exported / "README.md").read_text(encoding="utf-8")
+    record = json.loads((trained / "ckpt" / "distill.json").read_text())
+    length = record["train_config"]["max_seq_len"]
+    assert f"with sequences of at most {length} tokens, as its training record `distill.json` says" in card
+    assert f"trained on sequences of at most {length} tokens |" in card and "512-token" not in card
+    import shutil
+    bare = tmp_path / "ckpt"
+    bare.mkdir()
+    shutil.copy(trained / "ckpt" / "sft.pt", bare)                # a checkpoint without its record
+    assert export_hf.main(["--save_dir", str(bare), "--stage", "sft", "--out", str(tmp_path / "hf"),
+                           "--skip_verify"]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert "No training record (`sft.json`)" in card and "512-token" not in card
+
+
+def test_model_card_llama_cpp_edit_applies(exported, tmp_path):
+    """The card's copy-paste step inserts the 3-line block into get_vocab_base_pre() of
+    conversion/base.py, and the converter's function then maps this tokenizer's hash to smollm."""
+    import re
+    import subprocess
+    card = (exported / "README.md").read_text(encoding="utf-8")
+    assert "conversion/base.py" in card and "pip install sentencepiece" in card
+    snippet = re.search(r"python - <<'EOF'[^\n]*\n(.*?)\nEOF\n", card, flags=re.S).group(1)
+    chkhsh = export_hf.llama_cpp_hash(exported)
+    fake = tmp_path / "llama.cpp" / "conversion"
+    fake.mkdir(parents=True)
+    (fake / "base.py").write_text(
+        "class TextModel:\n"
+        "    def get_vocab_base_pre(self, chkhsh) -> str:\n"
+        "        res = None\n"
+        "        if chkhsh == \"855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249\":\n"
+        "            # ref: https://huggingface.co/HuggingFaceTB/SmolLM-135M\n"
+        "            res = \"smollm\"\n"
+        "\n"
+        "        if res is None:\n"
+        "            raise NotImplementedError(\"BPE pre-tokenizer was not recognized\")\n"
+        "        return res\n")
+    for _ in range(2):                                            # running it twice adds the block once
+        subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, check=True)
+    source = (fake / "base.py").read_text()
+    assert source.count(chkhsh) == 1 and len(source.splitlines()) == 13
+    namespace = {}
+    exec(source, namespace)
+    assert namespace["TextModel"]().get_vocab_base_pre(chkhsh) == "smollm"
