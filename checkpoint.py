@@ -15,6 +15,7 @@ Every load is `torch.load(weights_only=True)` followed by a strict `load_state_d
 import os
 import pickle
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -142,6 +143,20 @@ def open_tokenizer(directory):
 
 
 # ---------------------------------------------------------------- files
+
+def check_writable(folder, flag: str):
+    """Create `folder` if needed and make (and remove) a file in it, so that a read-only location
+    (a flag's value, or a default folder in a read-only checkout) is one sentence naming the flag
+    before any work is done, not a traceback at the first save."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {folder} is not writable ({e.strerror or e}); pass {flag} a folder you can "
+                        f"write to.") from None
+
 
 def stage_weights(save_dir, stage: str) -> Path:
     return Path(save_dir) / f"{stage}.pt"

@@ -65,8 +65,8 @@ import torch
 
 import Config
 from Config import LLMConfig, TrainConfig, model_config
-from checkpoint import (ROOT, UserError, load_checkpoint, open_tokenizer, peak_flops, previous_stage_checkpoint,
-                        resolve_device, save_atomic, stage_weights)
+from checkpoint import (ROOT, UserError, check_writable, load_checkpoint, open_tokenizer, peak_flops,
+                        previous_stage_checkpoint, resolve_device, save_atomic, stage_weights)
 from dataset import DataError, epoch_batches, file_sha256, make_dataset, padding_fraction
 from losses import stage_loss, to_device
 from model import CompileOrEager, XiaoXin, training_flops_per_token
@@ -165,6 +165,9 @@ def validate(cfg: TrainConfig):
         raise UserError(f"--data_path {cfg.data_path} does not exist.")
     if cfg.val_path and not Path(cfg.val_path).is_file():
         raise UserError(f"--val_path {cfg.val_path} does not exist.")
+    for flag in ("save_dir", "log_dir", "plot_dir", "cache_dir"):   # plot/cache default to folders in save_dir
+        if getattr(cfg, flag):
+            check_writable(getattr(cfg, flag), f"--{flag}")
 
 
 # ---------------------------------------------------------------- optimisation

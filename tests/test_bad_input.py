@@ -124,3 +124,27 @@ def test_auto_dtype_on_a_gpu_with_emulated_bf16_is_fp16(monkeypatch):
     assert checkpoint.resolve_device("cuda", "auto")[1] == torch.float16
     native["value"] = True
     assert checkpoint.resolve_device("cuda", "auto")[1] == torch.bfloat16
+
+
+def read_only_folder(tmp_path):
+    """A folder nothing can be written under: a chmod-ed one, or for root (whom permissions do not
+    stop) a path in sysfs."""
+    import os
+    from pathlib import Path
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        return locked / "out"
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without sysfs: no folder is read-only here")
+    return Path("/sys/xiaoxin-read-only/out")
+
+
+@pytest.mark.parametrize("flag", ["--save_dir", "--log_dir"])
+def test_a_read_only_output_folder_is_one_sentence_naming_the_flag(tmp_path, capsys, flag):
+    args = run_args(tmp_path, "--max_steps", "1", "--max_seq_len", "64")
+    args[args.index(flag) + 1] = str(read_only_folder(tmp_path))
+    assert pretrain.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {flag} ") and "is not writable" in err[0], err
