@@ -93,13 +93,13 @@ class Chat:
         return system + rest[start:]
 
     def block_tokens(self, messages, limit: int) -> int:
-        """Tokens of these messages' ChatML blocks; any number above `limit` when their text is too
-        long to fit in `limit` tokens whatever it says (then it is not tokenized)."""
+        """Tokens of these messages' ChatML blocks; when their text is too long to fit in `limit`
+        tokens whatever it says, a lower bound above `limit` instead (and nothing is tokenized)."""
         if not messages:
             return 0
         text = render_chat(messages)[0]
         if len(text) > self.max_token_chars * max(limit, 0):
-            return max(limit, 0) + len(text) // self.max_token_chars + 1
+            return -(-len(text) // self.max_token_chars)      # ceil: each token covers ≤ max_token_chars
         return len(self.tok.encode(text))
 
     def prompt_ids(self, messages, max_new_tokens: int) -> list[int]:
