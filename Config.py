@@ -156,7 +156,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=TrainConfig(data_path="dataset/sft_512.jsonl", epochs=2, batch_size=32, learning_rate=2e-4,
                           accumulation_steps=2, max_seq_len=512, warmup_iters=100),
         demo=dict(data_path="data/demo/sft_512.jsonl", val_path="data/demo/sft_512_val.jsonl", model="small",
-                  epochs=2, batch_size=8, accumulation_steps=1, learning_rate=2e-3, optimizer="muon", max_seq_len=512,
+                  epochs=6, batch_size=8, accumulation_steps=1, learning_rate=2e-3, optimizer="muon", max_seq_len=512,
                   warmup_iters=20, log_step=20, save_step=200)),
     "sft_long": Stage(
         script="SFT_long.py", log_name="SFT_long", data_kind="sft", starts_from=("sft", "pretrain"),
