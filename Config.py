@@ -91,7 +91,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_steps: int = 0                  # 0 = run all epochs
     seed: int = 1337
-    tokenize_workers: int = 0           # processes building a token cache (0 = all cores; dataset.build_token_cache)
+    tokenize_workers: int = 0           # processes building a token cache (0 = all cores, 1 on ≤ 2 cores; dataset.build_token_cache)
     skip_bad_lines: bool = False
     max_bad_steps: int = 10             # stop after this many non-finite steps in a row
     tracker: str = "swanlab"            # swanlab | none

@@ -470,12 +470,20 @@ def _remove_abandoned_builds(directory: Path):
             pass
 
 
+def default_tokenize_workers() -> int:
+    """Processes for a token-cache build when --tokenize_workers is 0: every core, except on one or
+    two cores, where the one-process build is faster (its Rust encoder already runs a thread per
+    core; on 2 cores two processes took 0.81× its speed: notes/LOG.md, 2026-12-08)."""
+    cores = os.cpu_count() or 1
+    return cores if cores > 2 else 1
+
+
 def build_token_cache(path, kind: str, tok: TokenizerInfo, cache_root, skip_bad_lines: bool = False,
                       quiet: bool = False, workers: int = 0, min_range_bytes: int = 8 << 20) -> TokenCache:
     """Tokenise `path` once into `cache_root`; later calls with the same source and tokenizer
     reuse the cache without tokenising anything (see source_unchanged for how a change is seen).
 
-    With `workers` > 1 (0 = all cores) a file of at least 2 × `min_range_bytes` is cut into
+    With `workers` > 1 (0 = default_tokenize_workers()) a file of at least 2 × `min_range_bytes` is cut into
     line-aligned byte ranges (4 per worker, so a slow range does not leave cores idle), tokenised
     by that many processes at once and merged in order: the cache is byte-identical to the
     one-process build (tested), bad lines are reported by their line in the whole file, and each
@@ -502,7 +510,7 @@ def build_token_cache(path, kind: str, tok: TokenizerInfo, cache_root, skip_bad_
     # The source's identity is taken before reading it, so an edit during the build shows as stale later.
     source = dict(source_stat(path), sha256=content_digest(path))
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
-    workers = workers or os.cpu_count() or 1
+    workers = workers or default_tokenize_workers()
     size = path.stat().st_size
     ranges = line_aligned_ranges(path, min(4 * workers, size // max(min_range_bytes, 1))) if workers > 1 else [(0, size)]
     tmp = directory.with_name(f".{directory.name}.tmp-{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}")

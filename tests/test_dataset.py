@@ -293,3 +293,12 @@ def test_padding_rows_and_lengths_change_no_loss(tmp_path, tokenizer):
                        tmp_path / "c", seq_len=32, quiet=True)
     last = pre.batch([pre.num_samples - 1], rows=4)            # the last, partial batch of an epoch
     assert last.input_ids.shape == (4, 32) and last.loss_mask[1:].sum() == 0
+
+
+@pytest.mark.parametrize("cores, workers", [(None, 1), (1, 1), (2, 1), (4, 4), (16, 16)])
+def test_token_cache_builds_in_one_process_on_two_cores_and_in_all_cores_above(monkeypatch, cores, workers):
+    """On 2 cores two processes built the cache at 0.81x one process (whose Rust encoder already
+    uses both cores): --tokenize_workers 0 must not pick them there."""
+    import dataset
+    monkeypatch.setattr(dataset.os, "cpu_count", lambda: cores)
+    assert dataset.default_tokenize_workers() == workers
