@@ -179,7 +179,7 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         demo=dict(data_path="data/demo/r1_mix_1024.jsonl", val_path="data/demo/r1_mix_1024_val.jsonl",
                   reasoning_problems=20000, model="small", epochs=1, max_steps=900, batch_size=16,
                   accumulation_steps=1, learning_rate=4e-3, optimizer="muon", max_seq_len=384, warmup_iters=50,
-                  log_step=50, save_step=300, compile="on")),
+                  log_step=50, save_step=300, compile="off")),
     "grpo": Stage(
         script="grpo.py", log_name="grpo", data_kind="problems", starts_from=("distill", "sft_long", "sft", "pretrain"),
         loss="grpo.grpo_loss", reasoning=True,
@@ -188,9 +188,9 @@ STAGES = {   # in pipeline order; the last stage present is the one eval_model.p
         train=GRPOConfig(data_path="", val_path="data/eval/reasoning_eval.jsonl", epochs=1, batch_size=32,
                          learning_rate=1e-5, min_lr_ratio=1.0, weight_decay=0.0, accumulation_steps=1,
                          max_seq_len=1024, warmup_iters=10, log_step=1, eval_step=50, save_step=50),
-        demo=dict(val_path="data/eval/reasoning_eval.jsonl", model="small", max_steps=32, prompts_per_step=16,
+        demo=dict(val_path="data/eval/reasoning_eval.jsonl", model="small", max_steps=40, prompts_per_step=16,
                   group_size=8, max_new_tokens=192, batch_size=32, learning_rate=5e-5, max_seq_len=384,
-                  warmup_iters=2, log_step=1, eval_step=16, save_step=16, val_problems=200)),
+                  warmup_iters=2, log_step=1, eval_step=20, save_step=20, val_problems=200)),
 }
 
 # Sampling defaults of model.generate, eval_model.py, the server and the HF export's generation_config.json.
