@@ -103,9 +103,9 @@ def test_length_bucketing_keeps_padding_small():
     assert bucketed < 0.05 < unbucketed
 
 
-def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, tokenizer, monkeypatch):
-    path = write_jsonl(tmp_path / "pt.jsonl", [{"text": "第一篇"}, {"text": "第二篇"}])
-    first = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
+
+def count_encoding(tokenizer, monkeypatch) -> list:
+    """A list that grows by one for every encode_batch call the tokenizer makes from now on."""
     calls = []
     original = tokenizer.tokenizer.encode_batch
 
@@ -117,6 +117,13 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, tokenizer, monkeypatch
             calls.append(1)
             return original(*a, **k)
     monkeypatch.setattr(tokenizer, "tokenizer", Spy())
+    return calls
+
+
+def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, tokenizer, monkeypatch):
+    path = write_jsonl(tmp_path / "pt.jsonl", [{"text": "第一篇"}, {"text": "第二篇"}])
+    first = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
+    calls = count_encoding(tokenizer, monkeypatch)
     again = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True)
     assert not calls and (np.asarray(again.tokens) == np.asarray(first.tokens)).all()
     write_jsonl(path, [{"text": "第一篇"}, {"text": "改过的第二篇"}])
@@ -244,17 +251,7 @@ def test_same_size_edit_with_the_mtime_put_back_is_stale(tmp_path, tokenizer, mo
     rows = [{"text": f"第{i:05d}行：今天学习了新的词语，明天继续努力。"} for i in range(40000)]   # ≈ 2.6 MB
     path = write_jsonl(tmp_path / "pt.jsonl", rows)
     first = build_token_cache(path, "pretrain", tokenizer, tmp_path / "cache", quiet=True, workers=1)
-    calls = []
-    original = tokenizer.tokenizer.encode_batch
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(original.__self__, name)
-
-        def encode_batch(self, *a, **k):
-            calls.append(1)
-            return original(*a, **k)
-    monkeypatch.setattr(tokenizer, "tokenizer", Spy())
+    calls = count_encoding(tokenizer, monkeypatch)
     data = path.read_bytes()
     middle = data.index("第20000行".encode())
     st = os.stat(path)
